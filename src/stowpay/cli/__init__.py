@@ -1,0 +1,5 @@
+"""The `stowpay` command: a thin layer over the library."""
+
+from .main import main
+
+__all__ = ["main"]

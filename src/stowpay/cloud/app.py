@@ -1,0 +1,295 @@
+"""The cloud's ASGI application: auth, idempotency, expansion and errors around each operation."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from ..wire import formcodec
+from ..wire.errors import (
+    ApiError,
+    AuthenticationError,
+    IdempotencyConflictError,
+    IdempotencyError,
+    InvalidRequestError,
+    StripeError,
+)
+from .api import Context, Operation, api
+from .domain.accounts import key_hash
+from .expand import expand
+from .params import validate
+from .settings import API_VERSION, Settings
+from .storage import IdempotencyRecord, Store
+
+log = structlog.get_logger("stowpay.cloud")
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+class Cloud:
+    """One cloud process: its store, settings and background work."""
+
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store = store or Store(settings.db)
+        self.in_flight: set[tuple[str, str]] = set()
+        self._accounts: dict[str, dict[str, Any]] = {}
+        self.dispatcher: Any = None
+
+    # -- auth -------------------------------------------------------------------------------
+
+    def authenticate(self, request: Request) -> dict[str, Any]:
+        key = _api_key(request.headers.get("authorization"))
+        if key is None:
+            raise AuthenticationError(
+                "You did not provide an API key. You need to provide your API key in the "
+                "Authorization header, using Bearer auth (e.g. 'Authorization: Bearer "
+                "YOUR_SECRET_KEY').",
+            )
+        if key.startswith(("pk_test_", "pk_live_")):
+            raise AuthenticationError(
+                "This API call cannot be made with a publishable API key. Please use a secret "
+                "API key."
+            )
+        digest = key_hash(key)
+        account = self._accounts.get(digest)
+        if account is None:
+            with self.store.read() as tx:
+                account = tx.account_by_key_hash(digest)
+            if account is None:
+                raise AuthenticationError(
+                    f"Invalid API Key provided: {_mask(key)}", code="api_key_invalid"
+                )
+            if len(self._accounts) > 10_000:
+                self._accounts.clear()
+            self._accounts[digest] = account
+        return account
+
+    # -- one request ------------------------------------------------------------------------
+
+    async def handle(self, op: Operation, request: Request) -> Response:
+        request_id = self.settings.ids.new("req")
+        headers = {"Request-Id": request_id, "Stripe-Version": API_VERSION}
+        claim: tuple[str, str] | None = None
+        try:
+            account = self.authenticate(request)
+            key = request.headers.get("idempotency-key") if op.method == "POST" else None
+            if key is not None:
+                if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+                    raise InvalidRequestError(
+                        f"Idempotency keys must be 1 to {MAX_IDEMPOTENCY_KEY} characters long.",
+                        param="Idempotency-Key",
+                    )
+                claim = (account["id"], key)
+                if claim in self.in_flight:
+                    claim = None
+                    raise IdempotencyConflictError()
+                self.in_flight.add(claim)
+            raw = await self._params(op, request)
+            status, body, replayed = self._execute(op, request, account, raw, key, request_id)
+            if replayed is not None:
+                headers["Idempotent-Replayed"] = "true"
+                headers["Original-Request"] = replayed
+            if self.dispatcher is not None and status < 500:
+                self.dispatcher.wake()
+            return Response(body, status, headers, media_type="application/json")
+        except StripeError as err:
+            return _error_response(err, request_id, headers)
+        except Exception:
+            log.exception("unhandled error", request_id=request_id, path=op.path)
+            headers["Stripe-Should-Retry"] = "true"
+            return _error_response(
+                ApiError("An unknown error occurred. Please try again."), request_id, headers
+            )
+        finally:
+            if claim is not None:
+                self.in_flight.discard(claim)
+
+    async def _params(self, op: Operation, request: Request) -> dict[str, Any]:
+        raw = formcodec.decode(request.url.query) if request.url.query else {}
+        if op.method == "POST":
+            body = await request.body()
+            if len(body) > self.settings.max_body_bytes:
+                raise InvalidRequestError("The request body is too large.")
+            if body:
+                for k, v in formcodec.decode(body).items():
+                    raw[k] = v
+        return raw
+
+    def _execute(
+        self,
+        op: Operation,
+        request: Request,
+        account: dict[str, Any],
+        raw: dict[str, Any],
+        key: str | None,
+        request_id: str,
+    ) -> tuple[int, bytes, str | None]:
+        """Run the operation in one transaction; return (status, body, original request id)."""
+        expand_paths = raw.pop("expand", None)
+        if expand_paths is not None and not (
+            isinstance(expand_paths, list) and all(isinstance(p, str) for p in expand_paths)
+        ):
+            raise InvalidRequestError("Invalid array", param="expand")
+        fingerprint = _fingerprint(op, request, raw, expand_paths)
+        writes = op.method != "GET"
+        with self.store.write() if writes else self.store.read() as tx:
+            if key is not None:
+                prior = tx.idempotency_get(account["id"], key)
+                if prior is not None:
+                    if prior.fingerprint != fingerprint:
+                        raise IdempotencyError(
+                            "Keys for idempotent requests can only be used with the same "
+                            "parameters they were first used with. Try using a key other than "
+                            f"'{key}' if you meant to execute a different request."
+                        )
+                    return prior.status_code, prior.body, prior.request_id
+            params = validate(op.params, raw)
+            ctx = Context(
+                account=account,
+                tx=tx,
+                clock=self.settings.clock,
+                ids=self.settings.ids,
+                request_id=request_id,
+                idempotency_key=key,
+                settings=self.settings,
+            )
+            try:
+                result = op.handler(ctx, params, **request.path_params)
+                if expand_paths:
+                    result = expand(tx, account["id"], result, expand_paths)
+                status, body = 200, _dumps(result)
+            except StripeError as err:
+                if not err.keeps_effects:
+                    raise
+                # A decline is an answer, not a failure: its records stay and it replays.
+                status, body = err.http_status, _dumps(err.to_body(request_id))
+            if key is not None:
+                tx.idempotency_put(
+                    account["id"],
+                    key,
+                    IdempotencyRecord(fingerprint, ctx.now(), status, request_id, body),
+                )
+            return status, body, None
+
+
+def _api_key(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer":
+        return value or None
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[0] or None
+    return None
+
+
+def _mask(key: str) -> str:
+    prefix = key[:8] if key.startswith(("sk_test_", "sk_live_")) else ""
+    return f"{prefix}****{key[-4:]}" if len(key) > 12 else "****"
+
+
+def _fingerprint(op: Operation, request: Request, raw: dict[str, Any], expand_paths: Any) -> str:
+    canonical = json.dumps(
+        [op.method, request.url.path, raw, expand_paths], sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(_served(obj), indent=2).encode()
+
+
+def _served(value: Any) -> Any:
+    """Drop private (`_`-prefixed) keys at every depth: they never leave the cloud."""
+    if isinstance(value, dict):
+        return {k: _served(v) for k, v in value.items() if not k.startswith("_")}
+    if isinstance(value, list):
+        return [_served(v) for v in value]
+    return value
+
+
+def _error_response(err: StripeError, request_id: str, headers: dict[str, str]) -> Response:
+    return Response(
+        _dumps(err.to_body(request_id)), err.http_status, headers, media_type="application/json"
+    )
+
+
+def create_app(settings: Settings | None = None, *, store: Store | None = None) -> Starlette:
+    """Build the cloud's ASGI app. Its database is migrated on start-up."""
+    from . import routes  # noqa: F401  (registers the operations)
+
+    settings = settings or Settings()
+    cloud = Cloud(settings, store)
+
+    def endpoint(op: Operation) -> Any:
+        async def run(request: Request) -> Response:
+            return await cloud.handle(op, request)
+
+        return run
+
+    route_list: list[BaseRoute] = [
+        Route(op.path, endpoint(op), methods=[op.method], name=op.operation_id)
+        for op in api.operations
+    ]
+    from .openapi import openapi_route
+
+    route_list.append(openapi_route(api))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        cloud.store.migrate()
+        tasks: list[asyncio.Task[None]] = []
+        if settings.background:
+            from .webhooks import Dispatcher
+
+            cloud.dispatcher = Dispatcher(cloud.store, settings)
+            tasks.append(asyncio.create_task(cloud.dispatcher.run()))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if cloud.dispatcher is not None:
+                await cloud.dispatcher.close()
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        rid = settings.ids.new("req")
+        err = InvalidRequestError(
+            f"Unrecognized request URL ({request.method}: {request.url.path}). Please see "
+            "https://stripe.com/docs or we can help at https://support.stripe.com/."
+        )
+        return Response(
+            _dumps(err.to_body(rid)),
+            404,
+            {"Request-Id": rid, "Stripe-Version": API_VERSION},
+            media_type="application/json",
+        )
+
+    app = Starlette(
+        routes=route_list,
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 405: not_found, HTTPException: not_found},
+    )
+    app.state.cloud = cloud
+    return app

@@ -1,0 +1,172 @@
+"""Request parameter models: pydantic with Stripe's conventions.
+
+Unknown parameters are refused, an empty value unsets a field, and a validation failure
+becomes Stripe's error naming the parameter the way the client wrote it (`metadata[key]`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.functional_validators import AfterValidator
+
+from ..wire.errors import InvalidRequestError
+from ..wire.money import MAXIMUM_AMOUNT, SUPPORTED
+
+MAX_METADATA_KEYS = 50
+MAX_METADATA_KEY = 40
+MAX_METADATA_VALUE = 500
+_CARDLIKE = re.compile(r"(?<!\d)(?:\d[ -]?){13,19}(?!\d)")
+
+
+def _check_metadata(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_METADATA_KEYS:
+        raise ValueError(f"metadata can have at most {MAX_METADATA_KEYS} keys")
+    for k, v in value.items():
+        if not k or len(k) > MAX_METADATA_KEY:
+            raise ValueError(f"metadata keys must be 1 to {MAX_METADATA_KEY} characters long")
+        if "[" in k or "]" in k:
+            raise ValueError("metadata keys may not contain square brackets")
+        if len(v) > MAX_METADATA_VALUE:
+            raise ValueError(f"metadata values can be at most {MAX_METADATA_VALUE} characters")
+        if _CARDLIKE.search(v) and _looks_like_pan(v):
+            raise ValueError("metadata values may not contain card numbers")
+    return value
+
+
+def _looks_like_pan(text: str) -> bool:
+    from ..wire.cards import luhn_ok
+
+    for m in _CARDLIKE.finditer(text):
+        digits = re.sub(r"[ -]", "", m.group(0))
+        if luhn_ok(digits):
+            return True
+    return False
+
+
+#: Metadata as sent: a value of "" deletes that key; the whole of it as "" clears all keys.
+Metadata = Annotated[dict[str, str], AfterValidator(_check_metadata)]
+MetadataParam = Metadata | Literal[""]
+
+Currency = Annotated[
+    str, Field(pattern=r"^[a-zA-Z]{3}$", json_schema_extra={"enum": sorted(SUPPORTED)})
+]
+Amount = Annotated[int, Field(ge=1, le=MAXIMUM_AMOUNT)]
+ShortText = Annotated[str, Field(max_length=500)]
+Id = Annotated[str, Field(min_length=1, max_length=255)]
+Email = Annotated[str, Field(max_length=800, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+
+
+class Params(BaseModel):
+    """Base of every request's parameters."""
+
+    model_config = ConfigDict(extra="forbid", str_max_length=5000, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_unsets(cls, data: Any) -> Any:
+        # Stripe: an empty value unsets an optional field. Metadata keeps its own meaning.
+        if isinstance(data, dict):
+            return {
+                k: (None if v == "" and k != "metadata" and _nullable(cls, k) else v)
+                for k, v in data.items()
+            }
+        return data
+
+
+def _nullable(model: type[BaseModel], name: str) -> bool:
+    field = model.model_fields.get(name)
+    return field is not None and not field.is_required()
+
+
+class NoParams(Params):
+    """An operation that takes no parameters besides `expand`."""
+
+
+class CreatedFilter(Params):
+    gt: int | None = None
+    gte: int | None = None
+    lt: int | None = None
+    lte: int | None = None
+
+
+class ListParams(Params):
+    """Cursor pagination, as every Stripe list takes it."""
+
+    limit: Annotated[int, Field(ge=1, le=100)] = 10
+    starting_after: Id | None = None
+    ending_before: Id | None = None
+    created: int | CreatedFilter | None = None
+
+    @model_validator(mode="after")
+    def _one_cursor(self) -> ListParams:
+        if self.starting_after is not None and self.ending_before is not None:
+            raise ValueError(
+                "You may only specify one of these parameters: ending_before, starting_after."
+            )
+        return self
+
+    def created_bounds(self) -> dict[str, int] | None:
+        if self.created is None:
+            return None
+        if isinstance(self.created, int):
+            return {"eq": self.created}
+        return {k: v for k, v in self.created.model_dump().items() if v is not None}
+
+
+def validate(model: type[Params], raw: dict[str, Any]) -> Params:
+    """Validate raw form params; raise Stripe's error for the first problem."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise _to_stripe_error(exc) from None
+
+
+def _param_name(loc: tuple[int | str, ...]) -> str:
+    parts = [
+        str(p)
+        for p in loc
+        if not (
+            isinstance(p, str)
+            and (
+                p.startswith("function-")
+                or p in {"str", "int", "literal['']", "CreatedFilter", "dict[str,str]"}
+            )
+        )
+    ]
+    if not parts:
+        return ""
+    return parts[0] + "".join(f"[{p}]" for p in parts[1:])
+
+
+def _to_stripe_error(exc: ValidationError) -> InvalidRequestError:
+    errors = exc.errors(include_url=False)
+    # Prefer the most specific error pydantic reports for a union.
+    err = errors[0]
+    param = _param_name(tuple(err["loc"]))
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return InvalidRequestError(
+            f"Received unknown parameter: {param}", code="parameter_unknown", param=param
+        )
+    if kind == "missing":
+        return InvalidRequestError(
+            f"Missing required param: {param}.", code="parameter_missing", param=param
+        )
+    if kind in {"int_parsing", "int_type", "int_from_float"}:
+        return InvalidRequestError(
+            f"Invalid integer: {_show(err.get('input'))}",
+            code="parameter_invalid_integer",
+            param=param,
+        )
+    message = err["msg"].removeprefix("Value error, ")
+    if not param:
+        return InvalidRequestError(message, code="parameter_invalid")
+    return InvalidRequestError(f"Invalid {param}: {message}", code="parameter_invalid", param=param)
+
+
+def _show(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text[:100]

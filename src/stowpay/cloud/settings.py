@@ -1,0 +1,36 @@
+"""The cloud's settings, and the services built from them once per process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..wire.clock import Clock, SystemClock
+from ..wire.ids import IdFactory, RandomIds
+
+#: The API version the cloud speaks and echoes in `Stripe-Version`.
+API_VERSION = "2026-10-28.endive"
+
+
+@dataclass
+class Settings:
+    """Everything a cloud process is configured with."""
+
+    db: str = "stowpay.db"
+    clock: Clock = field(default_factory=SystemClock)
+    ids: IdFactory = field(default_factory=RandomIds)
+    #: how long idempotency keys are kept (Stripe: at least 24 hours)
+    idempotency_ttl: int = 24 * 3600
+    #: an in-flight claim older than this is taken to belong to a crashed request
+    max_body_bytes: int = 1 << 20
+    #: webhook delivery: first retry delay, cap, and how long before giving up (3 days)
+    webhook_first_retry: float = 60.0
+    webhook_max_delay: float = 6 * 3600.0
+    webhook_give_up_after: float = 3 * 24 * 3600.0
+    webhook_timeout: float = 10.0
+    #: how often the dispatcher looks for due deliveries when nothing wakes it
+    webhook_poll_interval: float = 1.0
+    #: connection tokens are short-lived
+    connection_token_ttl: int = 15 * 60
+    #: run background work (webhook dispatcher, pruning); tests may turn it off
+    background: bool = True
+    log_requests: bool = False

@@ -1,0 +1,63 @@
+"""Versioned schema migrations, applied in order, each in its own transaction.
+
+A migration is a function of a connection, registered with its version. Add new ones at the
+end; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from . import tables as t
+
+Migration = Callable[[sa.Connection], None]
+MIGRATIONS: list[tuple[int, str, Migration]] = []
+
+
+def migration(version: int, name: str) -> Callable[[Migration], Migration]:
+    def register(fn: Migration) -> Migration:
+        MIGRATIONS.append((version, name, fn))
+        return fn
+
+    return register
+
+
+@migration(1, "initial")
+def _initial(conn: sa.Connection) -> None:
+    for table in (
+        t.accounts,
+        t.objects,
+        t.object_metadata,
+        t.idempotency_keys,
+        t.webhook_deliveries,
+        t.webhook_attempts,
+        t.cloud_secrets,
+    ):
+        table.create(conn)
+
+
+def apply(engine: sa.Engine) -> list[int]:
+    """Bring the database up to date; return the versions applied now."""
+    with engine.begin() as conn:
+        t.schema_migrations.create(conn, checkfirst=True)
+    applied: list[int] = []
+    for version, name, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
+        with engine.begin() as conn:
+            done = conn.execute(
+                sa.select(t.schema_migrations.c.version).where(
+                    t.schema_migrations.c.version == version
+                )
+            ).first()
+            if done is not None:
+                continue
+            fn(conn)
+            conn.execute(
+                t.schema_migrations.insert().values(
+                    version=version, name=name, applied_at=time.time()
+                )
+            )
+            applied.append(version)
+    return applied

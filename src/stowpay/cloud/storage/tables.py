@@ -1,0 +1,116 @@
+"""Table definitions. Objects are stored as JSON documents beside the columns they are found by."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+schema_migrations = sa.Table(
+    "schema_migrations",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("created", sa.Integer, nullable=False),
+    # Only a hash of the secret key is kept: a copied database gives no API access.
+    sa.Column("secret_key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("publishable_key", sa.String(128), nullable=False, unique=True),
+    sa.Column("body", sa.Text, nullable=False),
+)
+
+# Every API object of every account. `seq` orders lists newest first and makes cursors stable.
+objects = sa.Table(
+    "objects",
+    metadata,
+    sa.Column(
+        "seq",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("type", sa.String(40), nullable=False),
+    sa.Column("created", sa.Integer, nullable=False),
+    sa.Column("ref", sa.String(64)),  # parent: a charge's payment_intent, a reader's location
+    sa.Column("status", sa.String(40)),
+    sa.Column("amount", sa.BigInteger),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Index("objects_by_type", "account_id", "type", "seq"),
+    sa.Index("objects_by_ref", "account_id", "ref", "type"),
+)
+
+object_metadata = sa.Table(
+    "object_metadata",
+    metadata,
+    sa.Column("object_id", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(40), primary_key=True),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("type", sa.String(40), nullable=False),
+    sa.Column("value", sa.String(500), nullable=False),
+    sa.Index("metadata_lookup", "account_id", "type", "key", "value"),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("account_id", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("created", sa.Integer, nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Index("idempotency_by_age", "created"),
+)
+
+# Transactional outbox of webhook deliveries: written in the same transaction as the event.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("endpoint_id", sa.String(64), nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("created", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", sa.Float),
+    sa.Column("last_attempt_at", sa.Float),
+    sa.Column("last_status", sa.Integer),
+    sa.Column("last_error", sa.String(500)),
+    sa.Index("deliveries_due", "state", "next_attempt_at"),
+    sa.Index("deliveries_by_event", "account_id", "event_id"),
+)
+
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column(
+        "seq",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("delivery_id", sa.String(64), nullable=False, index=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("status", sa.Integer),
+    sa.Column("error", sa.String(500)),
+    sa.Column("duration_ms", sa.Float, nullable=False),
+)
+
+# Secrets of the cloud itself (the private half of the readers' sealing key). Never served.
+cloud_secrets = sa.Table(
+    "cloud_secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("created", sa.Integer, nullable=False),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+)
