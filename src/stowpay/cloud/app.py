@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from .. import logs
 from ..wire import formcodec
 from ..wire.errors import (
     ApiError,
@@ -76,6 +77,17 @@ class Cloud:
                 self._accounts.clear()
             self._accounts[digest] = account
         return account
+
+    async def housekeeping(self, interval: float = 3600.0) -> None:
+        """Hourly: forget idempotency keys older than their time to live."""
+        while True:
+            self.prune()
+            await asyncio.sleep(interval)
+
+    def prune(self) -> int:
+        cutoff = int(self.settings.clock.now() - self.settings.idempotency_ttl)
+        with self.store.write() as tx:
+            return tx.idempotency_prune(cutoff)
 
     # -- one request ------------------------------------------------------------------------
 
@@ -148,6 +160,12 @@ class Cloud:
         with self.store.write() if writes else self.store.read() as tx:
             if key is not None:
                 prior = tx.idempotency_get(account["id"], key)
+                if prior is not None and prior.created < self.settings.clock.now() - (
+                    self.settings.idempotency_ttl
+                ):
+                    # Expired: the key is free again (housekeeping deletes such rows anyway).
+                    tx.idempotency_forget(account["id"], key)
+                    prior = None
                 if prior is not None:
                     if prior.fingerprint != fingerprint:
                         raise IdempotencyError(
@@ -237,6 +255,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     from . import routes  # noqa: F401  (registers the operations)
 
     settings = settings or Settings()
+    logs.configure()
     cloud = Cloud(settings, store)
 
     def endpoint(op: Operation) -> Any:
@@ -258,6 +277,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         cloud.store.migrate()
         tasks: list[asyncio.Task[None]] = []
         if settings.background:
+            tasks.append(asyncio.create_task(cloud.housekeeping()))
             from .webhooks import Dispatcher
 
             cloud.dispatcher = Dispatcher(cloud.store, settings)

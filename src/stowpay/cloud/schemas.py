@@ -167,6 +167,17 @@ def object_schemas() -> dict[str, Any]:
 
 def _more() -> dict[str, Any]:
     return {
+        "stowpay.webhook_delivery": _obj(
+            "stowpay.webhook_delivery",
+            {
+                "id": _STR, "attempts": _INT, "created": _INT, "endpoint": _STR, "event": _STR,
+                "last_attempt_at": {"type": "number", "nullable": True},
+                "last_error": _NSTR, "last_status": _NINT,
+                "next_attempt_at": {"type": "number", "nullable": True},
+                "state": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+                "attempt_log": {"type": "array", "items": {"type": "object"}},
+            },
+        ),
         "webhook_endpoint": _obj(
             "webhook_endpoint",
             {

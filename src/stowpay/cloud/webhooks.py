@@ -18,6 +18,7 @@ from typing import Any
 import httpx2 as httpx
 import structlog
 
+from .. import logs
 from ..wire import signing
 from .domain.events import public
 from .settings import Settings
@@ -48,6 +49,7 @@ class Dispatcher:
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        logs.configure()
         self.store = store
         self.settings = settings
         self.rng = rng or random.Random()
@@ -140,7 +142,7 @@ class Dispatcher:
         log.info(
             "webhook attempt",
             delivery=delivery["id"],
-            event=delivery["event_id"],
+            event_id=delivery["event_id"],
             status=status,
             state=state,
         )

@@ -337,6 +337,12 @@ class Tx:
             )
         )
 
+    def idempotency_forget(self, account_id: str, key: str) -> None:
+        c = t.idempotency_keys.c
+        self.conn.execute(
+            t.idempotency_keys.delete().where(c.account_id == account_id, c.key == key)
+        )
+
     def idempotency_prune(self, older_than: int) -> int:
         result = self.conn.execute(
             t.idempotency_keys.delete().where(t.idempotency_keys.c.created < older_than)
