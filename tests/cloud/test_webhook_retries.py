@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from pathlib import Path
@@ -80,7 +81,7 @@ def test_retries_back_off_for_three_days_then_give_up(tmp_path: Path) -> None:
             await d.close()
 
     assert asyncio.run(drive()) == "failed"
-    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert calls[-1] - start >= 3 * DAY
     assert 10 <= len(calls) <= 60
     assert max(gaps) <= settings.webhook_max_delay * 1.5
