@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -13,21 +13,21 @@ from ..domain.payment_intents import merge_metadata
 from ..params import ListParams, MetadataParam, Params, ShortText
 from .common import fetch, list_object
 
-Url = Field(max_length=2048, pattern=r"^https?://[^\s]+$")
-EventName = Field(max_length=100, pattern=r"^(\*|[a-z_]+(\.[a-z_]+)*(\.\*)?)$")
+Url = Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s]+$")]
+EventName = Annotated[str, Field(max_length=100, pattern=r"^(\*|[a-z_]+(\.[a-z_]+)*(\.\*)?)$")]
 
 
 class EndpointCreate(Params):
-    url: str = Url
-    enabled_events: list[str] = Field(min_length=1, max_length=100)
+    url: Url
+    enabled_events: list[EventName] = Field(min_length=1, max_length=100)
     description: ShortText | None = None
     metadata: MetadataParam | None = None
     api_version: str | None = Field(None, max_length=50)
 
 
 class EndpointUpdate(Params):
-    url: str | None = Url
-    enabled_events: list[str] | None = Field(None, min_length=1, max_length=100)
+    url: Url | None = None
+    enabled_events: list[EventName] | None = Field(None, min_length=1, max_length=100)
     description: ShortText | None = None
     metadata: MetadataParam | None = None
     disabled: bool | None = None
