@@ -8,16 +8,16 @@ import stripe
 from stowpay.cloud.testing import LiveCloud
 
 
-def client(cloud: LiveCloud, n: int = 0) -> stripe.StripeClient:
+def client(any_cloud: LiveCloud, n: int = 0) -> stripe.StripeClient:
     return stripe.StripeClient(
-        cloud.accounts[n].secret_key,
-        base_addresses={"api": cloud.url},
+        any_cloud.accounts[n].secret_key,
+        base_addresses={"api": any_cloud.url},
         max_network_retries=0,
     )
 
 
-def test_automatic_capture(cloud: LiveCloud) -> None:
-    c = client(cloud)
+def test_automatic_capture(any_cloud: LiveCloud) -> None:
+    c = client(any_cloud)
     pi = c.v1.payment_intents.create(
         params={
             "amount": 1299,
@@ -36,8 +36,8 @@ def test_automatic_capture(cloud: LiveCloud) -> None:
     assert charge.payment_method_details.card.last4 == "4242"
 
 
-def test_manual_partial_capture_and_refund(cloud: LiveCloud) -> None:
-    c = client(cloud)
+def test_manual_partial_capture_and_refund(any_cloud: LiveCloud) -> None:
+    c = client(any_cloud)
     pi = c.v1.payment_intents.create(
         params={
             "amount": 5000,
@@ -67,8 +67,10 @@ def test_manual_partial_capture_and_refund(cloud: LiveCloud) -> None:
         ("pm_card_chargeDeclinedExpiredCard", "expired_card", "expired_card"),
     ],
 )
-def test_decline_raises_card_error(cloud: LiveCloud, pm: str, code: str, decline_code: str) -> None:
-    c = client(cloud)
+def test_decline_raises_card_error(
+    any_cloud: LiveCloud, pm: str, code: str, decline_code: str
+) -> None:
+    c = client(any_cloud)
     with pytest.raises(stripe.CardError) as err:
         c.v1.payment_intents.create(
             params={"amount": 2000, "currency": "usd", "payment_method": pm, "confirm": True}
@@ -82,8 +84,8 @@ def test_decline_raises_card_error(cloud: LiveCloud, pm: str, code: str, decline
     assert pi.last_payment_error.decline_code == decline_code
 
 
-def test_cancel_with_reason(cloud: LiveCloud) -> None:
-    c = client(cloud)
+def test_cancel_with_reason(any_cloud: LiveCloud) -> None:
+    c = client(any_cloud)
     pi = c.v1.payment_intents.create(params={"amount": 700, "currency": "eur"})
     pi = c.v1.payment_intents.cancel(pi.id, params={"cancellation_reason": "abandoned"})
     assert pi.status == "canceled" and pi.cancellation_reason == "abandoned"
@@ -92,8 +94,8 @@ def test_cancel_with_reason(cloud: LiveCloud) -> None:
     assert err.value.code == "payment_intent_unexpected_state"
 
 
-def test_idempotent_retry_returns_same_object(cloud: LiveCloud) -> None:
-    c = client(cloud)
+def test_idempotent_retry_returns_same_object(any_cloud: LiveCloud) -> None:
+    c = client(any_cloud)
     params = {"amount": 1500, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True}
     a = c.v1.payment_intents.create(params=params, options={"idempotency_key": "order-1"})
     b = c.v1.payment_intents.create(params=params, options={"idempotency_key": "order-1"})
@@ -105,8 +107,8 @@ def test_idempotent_retry_returns_same_object(cloud: LiveCloud) -> None:
         )
 
 
-def test_auto_paging_and_search_and_expand(cloud: LiveCloud) -> None:
-    c = client(cloud)
+def test_auto_paging_and_search_and_expand(any_cloud: LiveCloud) -> None:
+    c = client(any_cloud)
     for i in range(250):
         c.v1.payment_intents.create(
             params={"amount": 100 + i, "currency": "usd", "metadata": {"order_id": f"o-{i}"}}
@@ -123,8 +125,8 @@ def test_auto_paging_and_search_and_expand(cloud: LiveCloud) -> None:
     assert got.latest_charge.amount == 999
 
 
-def test_other_account_sees_nothing(cloud: LiveCloud) -> None:
-    a, b = client(cloud, 0), client(cloud, 1)
+def test_other_account_sees_nothing(any_cloud: LiveCloud) -> None:
+    a, b = client(any_cloud, 0), client(any_cloud, 1)
     pi = a.v1.payment_intents.create(params={"amount": 1000, "currency": "usd"})
     with pytest.raises(stripe.InvalidRequestError) as err:
         b.v1.payment_intents.retrieve(pi.id)
@@ -132,9 +134,9 @@ def test_other_account_sees_nothing(cloud: LiveCloud) -> None:
     assert pi.id not in [x.id for x in b.v1.payment_intents.list().data]
 
 
-def test_unknown_key_is_401(cloud: LiveCloud) -> None:
+def test_unknown_key_is_401(any_cloud: LiveCloud) -> None:
     bad = stripe.StripeClient(
-        "sk_test_nope", base_addresses={"api": cloud.url}, max_network_retries=0
+        "sk_test_nope", base_addresses={"api": any_cloud.url}, max_network_retries=0
     )
     with pytest.raises(stripe.AuthenticationError):
         bad.v1.payment_intents.list()
