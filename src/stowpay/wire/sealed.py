@@ -1,0 +1,86 @@
+"""Sealed envelopes: card data a reader can write but only the cloud can read.
+
+A reader seals a payment's card number and chip data to the cloud's X25519 public key: a fresh
+ephemeral key pair per record, ECDH with the cloud's key, HKDF-SHA256 to an AES-256-GCM key,
+and the record's identity (account, reader, sequence) as associated data, so a sealed blob
+moved to another record, reader or account fails to open. The reader keeps no private key that
+could open it.
+
+Envelope (bytes): version (1) | key id length (1) | key id | ephemeral public key (32) |
+nonce (12) | ciphertext+tag.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+VERSION = 1
+ALGORITHM = "X25519-HKDF-SHA256-AES256GCM"
+_INFO = b"stowpay sealed card data v1"
+
+
+class SealError(ValueError):
+    """The envelope is malformed, was made for another record, or was altered."""
+
+
+def associated_data(account: str, reader: str, sequence: int) -> bytes:
+    """What a sealed record is bound to."""
+    return f"{account}\x1f{reader}\x1f{sequence}".encode()
+
+
+def _key(shared: bytes, ephemeral: bytes, recipient: bytes) -> bytes:
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=ephemeral + recipient, info=_INFO
+    ).derive(shared)
+
+
+def _raw(public: X25519PublicKey) -> bytes:
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def seal(recipient: bytes, key_id: str, plaintext: bytes, aad: bytes) -> bytes:
+    """Seal `plaintext` to the raw 32-byte X25519 public key `recipient`."""
+    kid = key_id.encode()
+    if len(kid) > 255 or len(recipient) != 32:
+        raise SealError("bad recipient key")
+    ephemeral = X25519PrivateKey.generate()
+    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient))
+    eph_raw = _raw(ephemeral.public_key())
+    nonce = os.urandom(12)
+    header = bytes([VERSION, len(kid)]) + kid + eph_raw + nonce
+    body = AESGCM(_key(shared, eph_raw, recipient)).encrypt(nonce, plaintext, header + aad)
+    return header + body
+
+
+def key_id_of(envelope: bytes) -> str:
+    """The id of the key an envelope was sealed to (readable without any key)."""
+    if len(envelope) < 2 or envelope[0] != VERSION or len(envelope) < 2 + envelope[1]:
+        raise SealError("not a sealed envelope")
+    return envelope[2 : 2 + envelope[1]].decode("utf-8", "replace")
+
+
+def open_sealed(private: X25519PrivateKey, envelope: bytes, aad: bytes) -> bytes:
+    """Open an envelope with the recipient's private key; raise `SealError` if it will not."""
+    if len(envelope) < 2 or envelope[0] != VERSION:
+        raise SealError("not a sealed envelope")
+    n = envelope[1]
+    start = 2 + n
+    if len(envelope) < start + 32 + 12 + 16:
+        raise SealError("truncated envelope")
+    eph_raw = envelope[start : start + 32]
+    nonce = envelope[start + 32 : start + 44]
+    header = envelope[: start + 44]
+    recipient = _raw(private.public_key())
+    try:
+        shared = private.exchange(X25519PublicKey.from_public_bytes(eph_raw))
+        return AESGCM(_key(shared, eph_raw, recipient)).decrypt(
+            nonce, envelope[start + 44 :], header + aad
+        )
+    except (InvalidTag, ValueError) as exc:
+        raise SealError("the envelope does not open for this record") from exc
