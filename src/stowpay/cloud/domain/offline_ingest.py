@@ -1,0 +1,252 @@
+"""Ingesting payments a reader stored offline: each (account, reader, sequence) charged once.
+
+A forwarded record carries the PaymentIntent the app created offline (amount, currency,
+capture method, metadata), the time of sale, display details, and the card data sealed to the
+cloud's key. Ingestion unseals it, makes a card_present PaymentMethod (keeping only brand,
+last4 and a fingerprint), creates and confirms the PaymentIntent with
+`card_present.offline = {stored_at, type: "deferred"}`, and records the outcome under a
+permanent key per (reader, sequence). The same record arriving again, however late, gets the
+recorded outcome back and is never charged twice. The reader's sequence is watched: a gap
+(records missing), a repeat, or a different record under a used sequence (a restored older
+vault) is reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ...wire import cards
+from ...wire.errors import CardError, InvalidRequestError
+from ..api import Context
+from . import payment_intents as pis
+
+RECORD = "stowpay.offline_record"
+SEQUENCE = "stowpay.reader_sequence"
+
+#: Opens a sealed envelope for (sealed, associated data); raises ValueError if it will not.
+Unsealer = Callable[[bytes, bytes], bytes]
+
+
+@dataclass(frozen=True)
+class ForwardedPayment:
+    """One record as the reader forwards it."""
+
+    sequence: int
+    stored_at: float
+    amount: int
+    currency: str
+    capture_method: str
+    metadata: dict[str, str]
+    description: str | None
+    local_id: str
+    sealed: bytes
+    display: dict[str, Any]
+    #: computed by the cloud from what arrived (`digest_of`): a different record under a used
+    #: sequence shows as a conflict, the same one as a repeat
+    digest: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one forwarded record."""
+
+    sequence: int
+    status: str  # "approved" | "declined" | "rejected"
+    payment_intent: dict[str, Any] | None
+    error: dict[str, Any] | None
+    replayed: bool
+
+
+def record_id(reader_id: str, sequence: int) -> str:
+    """The permanent key of a reader's record in the cloud."""
+    return f"ofr_{reader_id}_{sequence}"
+
+
+def ingest(
+    ctx: Context,
+    reader: dict[str, Any],
+    batch: list[ForwardedPayment],
+    *,
+    unseal: Unsealer,
+    associated_data: Callable[[str, str, int], bytes],
+) -> list[Outcome]:
+    """Ingest a batch in the caller's transaction; one outcome per record, in order."""
+    seq_state = _sequence_state(ctx, reader["id"])
+    outcomes = [
+        _ingest_one(ctx, reader, p, seq_state, unseal, associated_data)
+        for p in sorted(batch, key=lambda p: p.sequence)
+    ]
+    ctx.tx.update(ctx.account_id, seq_state)
+    order = {p.sequence: i for i, p in enumerate(batch)}
+    return sorted(outcomes, key=lambda o: order[o.sequence])
+
+
+def _sequence_state(ctx: Context, reader_id: str) -> dict[str, Any]:
+    sid = f"rsq_{reader_id}"
+    state = ctx.tx.get(ctx.account_id, sid, SEQUENCE)
+    if state is None:
+        state = {
+            "id": sid,
+            "object": SEQUENCE,
+            "created": ctx.now(),
+            "reader": reader_id,
+            "high_water": 0,
+            "gaps": [],
+            "repeats": 0,
+            "conflicts": [],
+        }
+        ctx.tx.insert(ctx.account_id, state, ref=reader_id)
+    return state
+
+
+def _note_sequence(state: dict[str, Any], sequence: int) -> None:
+    hw = state["high_water"]
+    if sequence > hw:
+        state["gaps"].extend(range(hw + 1, min(sequence, hw + 1001)))
+        state["high_water"] = sequence
+    elif sequence in state["gaps"]:
+        state["gaps"].remove(sequence)
+
+
+def _ingest_one(
+    ctx: Context,
+    reader: dict[str, Any],
+    p: ForwardedPayment,
+    seq_state: dict[str, Any],
+    unseal: Unsealer,
+    associated_data: Callable[[str, str, int], bytes],
+) -> Outcome:
+    rid = record_id(reader["id"], p.sequence)
+    prior = ctx.tx.get(ctx.account_id, rid, RECORD)
+    if prior is not None:
+        if prior["digest"] != p.digest:
+            # The same sequence with different content: the reader's vault went back in time.
+            seq_state["conflicts"].append(p.sequence)
+            return Outcome(
+                p.sequence,
+                "rejected",
+                None,
+                _err(
+                    "offline_record_conflict",
+                    f"Sequence {p.sequence} of reader {reader['id']} was already used by another "
+                    "record; the reader's vault may have been restored from an older copy.",
+                ),
+                replayed=False,
+            )
+        seq_state["repeats"] += 1
+        pi = ctx.tx.get(ctx.account_id, prior["payment_intent"], "payment_intent")
+        return Outcome(p.sequence, prior["outcome"], pi, prior.get("error"), replayed=True)
+    try:
+        plain = unseal(p.sealed, associated_data(ctx.account_id, reader["id"], p.sequence))
+        card = json.loads(plain)
+        number = str(card["number"])
+    except (ValueError, KeyError, TypeError):
+        return Outcome(
+            p.sequence,
+            "rejected",
+            None,
+            _err(
+                "offline_record_unreadable",
+                "The record's sealed card data does not open for this account, reader and "
+                "sequence; it was altered or belongs elsewhere.",
+            ),
+            replayed=False,
+        )
+    _note_sequence(seq_state, p.sequence)
+    pm = _card_present_method(ctx, reader, p, card, number)
+    del number, card, plain
+    fields = {
+        "amount": p.amount,
+        "currency": p.currency,
+        "capture_method": p.capture_method,
+        "metadata": p.metadata,
+        "description": p.description,
+        "payment_method_types": ["card_present"],
+    }
+    try:
+        pis.check_amount(p.amount, p.currency)
+        pi = pis.create(ctx, fields, payment_method=None, confirm=False)
+        pi["payment_method"] = pm["id"]
+        status, error = "approved", None
+        try:
+            pi = pis.do_confirm(
+                ctx,
+                pi,
+                pm,
+                offline={"stored_at": int(p.stored_at), "type": "deferred"},
+                receipt=p.display.get("receipt"),
+            )
+        except CardError as exc:
+            status = "declined"
+            error = exc.to_body()["error"]
+            pi = pis.get(ctx, pi["id"])
+    except InvalidRequestError as exc:
+        return Outcome(p.sequence, "rejected", None, exc.to_body()["error"], replayed=False)
+    ctx.tx.insert(
+        ctx.account_id,
+        {
+            "id": rid,
+            "object": RECORD,
+            "created": ctx.now(),
+            "reader": reader["id"],
+            "sequence": p.sequence,
+            "digest": p.digest,
+            "stored_at": p.stored_at,
+            "local_id": p.local_id,
+            "payment_intent": pi["id"],
+            "outcome": status,
+            "error": error,
+        },
+        ref=reader["id"],
+    )
+    return Outcome(p.sequence, status, pi, error, replayed=False)
+
+
+def _card_present_method(
+    ctx: Context, reader: dict[str, Any], p: ForwardedPayment, card: dict[str, Any], number: str
+) -> dict[str, Any]:
+    test = cards.lookup(number)
+    pm: dict[str, Any] = {
+        "id": ctx.ids.new("pm"),
+        "object": "payment_method",
+        "billing_details": {"address": None, "email": None, "name": None, "phone": None},
+        "card_present": {
+            "brand": test.brand,
+            "cardholder_name": p.display.get("cardholder_name"),
+            "country": test.country,
+            "exp_month": int(card.get("exp_month") or p.display.get("exp_month") or 0),
+            "exp_year": int(card.get("exp_year") or p.display.get("exp_year") or 0),
+            "fingerprint": cards.fingerprint(number, ctx.account["_fingerprint_salt"]),
+            "funding": test.funding,
+            "last4": number[-4:],
+            "location": reader.get("location"),
+            "networks": {"available": [test.brand], "preferred": None},
+            "preferred_locales": ["en"],
+            "read_method": p.display.get("read_method"),
+            "reader": reader["id"],
+        },
+        "created": ctx.now(),
+        "customer": None,
+        "livemode": False,
+        "metadata": {},
+        "type": "interac_present" if test.brand == "interac" else "card_present",
+        "_test": {"decline": test.decline, "refund_fails": False},
+    }
+    if pm["type"] == "interac_present":
+        pm["interac_present"] = pm.pop("card_present")
+    ctx.tx.insert(ctx.account_id, pm)
+    return pm
+
+
+def digest_of(fields: dict[str, Any], sealed: bytes) -> str:
+    """The content digest a reader sends with a record (and the cloud recomputes)."""
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical + b"\x00" + sealed).hexdigest()
+
+
+def _err(code: str, message: str) -> dict[str, Any]:
+    return {"type": "invalid_request_error", "code": code, "message": message}
