@@ -6,5 +6,6 @@ from . import (  # noqa: F401
     payment_intents,
     payment_methods,
     refunds,
+    terminal,
     webhook_endpoints,
 )

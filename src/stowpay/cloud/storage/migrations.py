@@ -39,6 +39,12 @@ def _initial(conn: sa.Connection) -> None:
         table.create(conn)
 
 
+@migration(2, "terminal registration codes and connection tokens")
+def _terminal(conn: sa.Connection) -> None:
+    for table in (t.terminal_registrations, t.terminal_connection_tokens):
+        table.create(conn)
+
+
 def apply(engine: sa.Engine) -> list[int]:
     """Bring the database up to date; return the versions applied now."""
     with engine.begin() as conn:

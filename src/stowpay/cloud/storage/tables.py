@@ -114,3 +114,32 @@ cloud_secrets = sa.Table(
     sa.Column("created", sa.Integer, nullable=False),
     sa.Column("value", sa.LargeBinary, nullable=False),
 )
+
+# Codes a reader shows on its screen before it belongs to any account (migration 2). Only a
+# hash of the code is kept; once a merchant registers it, the row records which account and
+# reader it became, so the device can learn that, and a code is never redeemed twice.
+terminal_registrations = sa.Table(
+    "terminal_registrations",
+    metadata,
+    sa.Column("code_hash", sa.String(64), primary_key=True),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("device", sa.Text, nullable=False),  # JSON: type, serial, software, address
+    sa.Column("account_id", sa.String(64)),
+    sa.Column("reader_id", sa.String(64)),
+    sa.Column("redeemed_at", sa.Float),
+    sa.Index("terminal_registrations_by_expiry", "expires_at"),
+)
+
+# Connection tokens (migration 2): a hash of the secret, whose account and location it speaks
+# for, and until when. A row is removed when the token is redeemed: each is good for one use.
+terminal_connection_tokens = sa.Table(
+    "terminal_connection_tokens",
+    metadata,
+    sa.Column("secret_hash", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("location", sa.String(64)),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Index("terminal_connection_tokens_by_expiry", "expires_at"),
+)
