@@ -99,7 +99,7 @@ class Cloud:
             account = self.authenticate(request)
             key = request.headers.get("idempotency-key") if op.method == "POST" else None
             if key is not None:
-                if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+                if not key or len(key) > MAX_IDEMPOTENCY_KEY or "\x00" in key:
                     raise InvalidRequestError(
                         f"Idempotency keys must be 1 to {MAX_IDEMPOTENCY_KEY} characters long.",
                         param="Idempotency-Key",
@@ -110,11 +110,15 @@ class Cloud:
                     raise IdempotencyConflictError()
                 self.in_flight.add(claim)
             raw = await self._params(op, request)
-            status, body, replayed = self._execute(op, request, account, raw, key, request_id)
+            status, body, replayed, queued = self._execute(
+                op, request, account, raw, key, request_id
+            )
             if replayed is not None:
                 headers["Idempotent-Replayed"] = "true"
                 headers["Original-Request"] = replayed
-            if self.dispatcher is not None and status < 500:
+            if queued and self.dispatcher is not None:
+                # Only a request that queued webhook deliveries wakes the dispatcher; other
+                # due deliveries (retries) are found by its poll.
                 self.dispatcher.wake()
             return Response(body, status, headers, media_type="application/json")
         except StripeError as err:
@@ -130,6 +134,8 @@ class Cloud:
                 self.in_flight.discard(claim)
 
     async def _params(self, op: Operation, request: Request) -> dict[str, Any]:
+        if any("\x00" in value for value in request.path_params.values()):
+            raise InvalidRequestError(formcodec.NUL_MESSAGE)
         raw = formcodec.decode(request.url.query) if request.url.query else {}
         if op.method == "POST":
             body = await request.body()
@@ -148,8 +154,11 @@ class Cloud:
         raw: dict[str, Any],
         key: str | None,
         request_id: str,
-    ) -> tuple[int, bytes, str | None]:
-        """Run the operation in one transaction; return (status, body, original request id)."""
+    ) -> tuple[int, bytes, str | None, int]:
+        """Run the operation in one transaction.
+
+        Returns (status, body, original request id of a replay, webhook deliveries queued).
+        """
         expand_paths = raw.pop("expand", None)
         if expand_paths is not None and not (
             isinstance(expand_paths, list) and all(isinstance(p, str) for p in expand_paths)
@@ -173,7 +182,7 @@ class Cloud:
                             "parameters they were first used with. Try using a key other than "
                             f"'{key}' if you meant to execute a different request."
                         )
-                    return prior.status_code, prior.body, prior.request_id
+                    return prior.status_code, prior.body, prior.request_id, 0
             params = validate(op.params, raw)
             ctx = Context(
                 account=account,
@@ -200,7 +209,7 @@ class Cloud:
                     key,
                     IdempotencyRecord(fingerprint, ctx.now(), status, request_id, body),
                 )
-            return status, body, None
+            return status, body, None, tx.queued_deliveries
 
 
 def _api_key(authorization: str | None) -> str | None:

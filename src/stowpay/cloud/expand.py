@@ -48,11 +48,13 @@ def _walk(tx: Tx, account_id: str, node: Any, parts: list[str], path: str) -> No
     if not isinstance(node, dict):
         return
     head, rest = parts[0], parts[1:]
-    if node.get("object") in {"list", "search_result"} and head == "data" and rest:
+    # (an event's `data` has an `object` too, which is a dict: compare, do not hash)
+    if node.get("object") in ("list", "search_result") and head == "data" and rest:
         for item in node["data"]:
             _walk(tx, account_id, item, rest, path)
         return
-    if head not in node:
+    if head not in node or head == "metadata":
+        # Metadata values are the client's own strings, never ids to expand.
         raise _cannot(path, head)
     value = node[head]
     if isinstance(value, str):

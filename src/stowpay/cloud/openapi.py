@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from http import HTTPStatus
 from typing import Any
 
 from starlette.requests import Request
@@ -12,9 +13,42 @@ from starlette.routing import Route
 
 from .. import __version__
 from .api import Api, Operation
-from .schemas import ERROR_SCHEMA, object_schemas
+from .schemas import ERROR_SCHEMA, REF, list_of, object_schemas
 
-REF = "#/components/schemas/{model}"
+#: What every answer carries; the replay and retry headers only sometimes.
+HEADERS: dict[str, Any] = {
+    "Request-Id": {
+        "required": True,
+        "schema": {"type": "string", "pattern": "^req_"},
+        "description": "The request's id, to quote to support.",
+    },
+    "Stripe-Version": {"required": True, "schema": {"type": "string"}},
+    "Idempotent-Replayed": {
+        "schema": {"type": "string", "enum": ["true"]},
+        "description": "Set when the answer is the stored one for this Idempotency-Key.",
+    },
+    "Original-Request": {
+        "schema": {"type": "string", "pattern": "^req_"},
+        "description": "On a replay: the id of the request whose answer this is.",
+    },
+}
+
+#: The error statuses an operation may answer with, by method (Stripe's meanings): 400 bad
+#: parameters or state, 401 bad key, 402 a declined card, 404 no such object (or another
+#: account's), 409 the same Idempotency-Key still in flight. Never a 5xx.
+ERRORS = {
+    "GET": ("400", "401", "404"),
+    "DELETE": ("400", "401", "404"),
+    "POST": ("400", "401", "402", "404", "409"),
+}
+
+IDEMPOTENCY_KEY: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Retries with the same key get the first answer, byte for byte (24 h).",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
 
 
 def document(api: Api) -> dict[str, Any]:
@@ -36,6 +70,7 @@ def document(api: Api) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": components,
+            "headers": HEADERS,
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "basic": {"type": "http", "scheme": "basic"},
@@ -67,39 +102,30 @@ def _openapi30(schema: Any) -> Any:
     out = {k: _openapi30(v) for k, v in schema.items() if k not in {"title", "default"}}
     if "const" in out:
         out["enum"] = [out.pop("const")]
+    if isinstance(out.get("examples"), list):
+        out["example"] = out.pop("examples")[0]  # OpenAPI 3.0 has one example per schema
     for key in ("anyOf", "oneOf"):
         options = out.get(key)
         if isinstance(options, list) and {"type": "null"} in options:
+            # An optional parameter: a form has no null, but an empty value unsets it.
             rest = [o for o in options if o != {"type": "null"}]
-            out.pop(key)
-            if len(rest) == 1:
-                if "$ref" in rest[0]:
-                    out["allOf"] = rest
-                else:
-                    out.update(rest[0])
-            else:
-                out[key] = rest
-            out["nullable"] = True
+            if UNSET not in rest:
+                rest.append(UNSET)
+            out[key] = rest
     return out
+
+
+#: The empty value, which unsets an optional parameter (`description=`).
+UNSET: dict[str, Any] = {"type": "string", "enum": [""]}
 
 
 def _operation(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
     schema = _params_schema(op, components)
     returns = op.returns
-    if returns.startswith("list:"):
-        item = returns[5:]
-        ok: dict[str, Any] = {
-            "type": "object",
-            "required": ["object", "data", "has_more", "url"],
-            "properties": {
-                "object": {"type": "string", "enum": ["list"]},
-                "data": {"type": "array", "items": {"$ref": REF.format(model=item)}},
-                "has_more": {"type": "boolean"},
-                "url": {"type": "string"},
-            },
-        }
-    else:
-        ok = {"$ref": REF.format(model=returns)}
+    ok = list_of(returns[5:]) if returns.startswith("list:") else _ref(returns)
+    responses = {"200": _response("OK", ok)}
+    for status in ERRORS[op.method]:
+        responses[status] = _response(HTTPStatus(int(status)).phrase, _ref("Error"))
     out: dict[str, Any] = {
         "operationId": op.operation_id,
         "summary": op.summary,
@@ -109,36 +135,51 @@ def _operation(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
                 "name": name,
                 "in": "path",
                 "required": True,
-                "schema": {"type": "string", "maxLength": 255},
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
             }
             for name in re.findall(r"{(\w+)}", op.path)
         ],
-        "responses": {
-            "200": {"description": "OK", "content": {"application/json": {"schema": ok}}},
-            "default": {
-                "description": "Error",
-                "content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}},
-            },
-        },
+        "responses": responses,
     }
     if op.method == "POST":
+        out["parameters"].append(IDEMPOTENCY_KEY)
         out["requestBody"] = {
             "required": bool(schema.get("required")),
             "content": {"application/x-www-form-urlencoded": {"schema": schema}},
         }
-    else:
-        for name, prop in schema.get("properties", {}).items():
-            param: dict[str, Any] = {
-                "name": name,
-                "in": "query",
-                "required": name in schema.get("required", []),
-                "schema": prop,
-            }
-            if prop.get("type") == "object" or "$ref" in prop or "anyOf" in prop:
-                param["style"] = "deepObject"
-                param["explode"] = True
-            out["parameters"].append(param)
+        return out
+    for name, prop in schema.get("properties", {}).items():
+        param: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": name in schema.get("required", []),
+            "schema": prop,
+        }
+        if _nested(prop):
+            # Stripe's brackets: `created[gte]=...`, `expand[0]=...` (as Stripe's own document
+            # writes them, `deepObject` also for arrays).
+            param["style"] = "deepObject"
+            param["explode"] = True
+        out["parameters"].append(param)
     return out
+
+
+def _nested(prop: dict[str, Any]) -> bool:
+    if prop.get("type") in ("object", "array") or "$ref" in prop:
+        return True
+    return any(_nested(o) for o in prop.get("anyOf", []))
+
+
+def _ref(model: str) -> dict[str, Any]:
+    return {"$ref": REF.format(model=model)}
+
+
+def _response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in HEADERS},
+        "content": {"application/json": {"schema": schema}},
+    }
 
 
 def openapi_route(api: Api) -> Route:
@@ -147,6 +188,8 @@ def openapi_route(api: Api) -> Route:
     async def serve(request: Request) -> Response:
         if not cache:
             cache.append(json.dumps(document(api), indent=2).encode())
-        return Response(cache[0], media_type="application/json")
+        # Like every answer, this one carries a request id.
+        headers = {"Request-Id": request.app.state.cloud.settings.ids.new("req")}
+        return Response(cache[0], headers=headers, media_type="application/json")
 
     return Route("/openapi.json", serve, methods=["GET"], name="openapi")

@@ -85,11 +85,15 @@ class NoParams(Params):
     """An operation that takes no parameters besides `expand`."""
 
 
+#: A Unix time as a filter takes it; the bounds keep it within a 64-bit database integer.
+Timestamp = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
 class CreatedFilter(Params):
-    gt: int | None = None
-    gte: int | None = None
-    lt: int | None = None
-    lte: int | None = None
+    gt: Timestamp | None = None
+    gte: Timestamp | None = None
+    lt: Timestamp | None = None
+    lte: Timestamp | None = None
 
 
 class ListParams(Params):
@@ -98,7 +102,7 @@ class ListParams(Params):
     limit: Annotated[int, Field(ge=1, le=100)] = 10
     starting_after: Id | None = None
     ending_before: Id | None = None
-    created: int | CreatedFilter | None = None
+    created: Timestamp | CreatedFilter | None = None
 
     @model_validator(mode="after")
     def _one_cursor(self) -> ListParams:
@@ -121,31 +125,38 @@ def validate(model: type[Params], raw: dict[str, Any]) -> Params:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise _to_stripe_error(exc) from None
+        raise _to_stripe_error(exc, raw) from None
 
 
-def _param_name(loc: tuple[int | str, ...]) -> str:
-    parts = [
-        str(p)
-        for p in loc
-        if not (
-            isinstance(p, str)
-            and (
-                p.startswith("function-")
-                or p in {"str", "int", "literal['']", "CreatedFilter", "dict[str,str]"}
-            )
+def _param_path(loc: tuple[int | str, ...], raw: Any, *, missing: bool) -> list[str]:
+    """The parameter an error is about, as the client wrote it.
+
+    pydantic's `loc` mixes the client's keys with the names of union members and validators
+    (`constrained-int`, `CreatedFilter`, `function-after[...]`); walking the input along it
+    keeps only what the client sent (and, for a missing parameter, its name at the end).
+    """
+    parts: list[str] = []
+    node = raw
+    for i, p in enumerate(loc):
+        sent = (isinstance(node, dict) and p in node) or (
+            isinstance(node, list) and isinstance(p, int) and 0 <= p < len(node)
         )
-    ]
-    if not parts:
-        return ""
-    return parts[0] + "".join(f"[{p}]" for p in parts[1:])
+        if sent:
+            node = node[p]
+        if sent or (missing and i == len(loc) - 1):
+            parts.append(str(p))
+    return parts
 
 
-def _to_stripe_error(exc: ValidationError) -> InvalidRequestError:
+def _to_stripe_error(exc: ValidationError, raw: dict[str, Any]) -> InvalidRequestError:
     errors = exc.errors(include_url=False)
-    # Prefer the most specific error pydantic reports for a union.
-    err = errors[0]
-    param = _param_name(tuple(err["loc"]))
+    # Of the errors pydantic reports for each member of a union, the one that reaches
+    # deepest into what was sent is the most specific (`created[gte]`, not `created`).
+    paths = [_param_path(tuple(e["loc"]), raw, missing=e["type"] == "missing") for e in errors]
+    depth = max(len(p) for p in paths)
+    index = next(i for i, p in enumerate(paths) if len(p) == depth)
+    err, parts = errors[index], paths[index]
+    param = parts[0] + "".join(f"[{p}]" for p in parts[1:]) if parts else ""
     kind = err["type"]
     if kind == "extra_forbidden":
         return InvalidRequestError(

@@ -21,11 +21,15 @@ _TOKEN = re.compile(
     r"""\s*(?:
         (?P<neg>-)?(?P<field>metadata\[(?P<q1>['"])(?P<mkey>[^'"\]]{1,40})(?P=q1)\]|[a-z_]+)
         (?P<op>>=|<=|:|>|<)
-        (?:(?P<q2>['"])(?P<sval>[^'"]{0,500})(?P=q2)|(?P<num>-?\d{1,12}))
+        (?:(?P<q2>['"])(?P<sval>[^'"]{0,500})(?P=q2)|(?P<num>-?[0-9]{1,12}))
       | (?P<join>AND|OR)
     )\s*""",
     re.VERBOSE,
 )
+
+#: Numbers as the query and page tokens write them: ASCII digits that fit in 64 bits.
+_NUMBER = re.compile(r"-?[0-9]{1,12}")
+_PAGE = re.compile(r"page_[0-9]{1,18}")
 
 NUMERIC = {"amount", "created"}
 COLUMN = {"status": "status", "amount": "amount", "created": "created"}
@@ -89,7 +93,7 @@ def _clause(m: re.Match[str], query: str) -> Clause:
         )
     if field in NUMERIC:
         if isinstance(value, str):
-            if not value.lstrip("-").isdigit():
+            if _NUMBER.fullmatch(value) is None:
                 raise InvalidRequestError(f"Field '{field}' takes a number.", param="query")
             value = int(value)
     elif op != ":":
@@ -127,7 +131,7 @@ def search_object(
     where = q.all_of(conditions) if join == "AND" else q.any_of(conditions)
     before: int | None = None
     if page is not None:
-        if not page.startswith("page_") or not page[5:].isdigit():
+        if _PAGE.fullmatch(page) is None:
             raise InvalidRequestError("Invalid page token.", param="page")
         before = int(page[5:])
     data, cursor = ctx.tx.search(ctx.account_id, type_, where, limit=limit, before_seq=before)

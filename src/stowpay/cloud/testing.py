@@ -29,8 +29,9 @@ class LiveCloud:
 
     def start(self) -> LiveCloud:
         app = create_app(self.settings, store=self.store)
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                access_log=False, lifespan="on")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on"
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="live-cloud", daemon=True)
         self._thread.start()

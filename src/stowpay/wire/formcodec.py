@@ -18,8 +18,12 @@ MAX_PAIRS = 1000
 MAX_DEPTH = 8
 MAX_INDEX = 999
 
+NUL_MESSAGE = "Parameters may not contain NUL characters."
+
 _KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 _PART = re.compile(r"\[([^\[\]]*)\]")
+#: An array index: ASCII digits only (`str.isdigit` also takes "²", which `int` refuses).
+_INDEX = re.compile(r"[0-9]+")
 
 
 class _Indexed(dict[int, Any]):
@@ -41,6 +45,9 @@ def decode(data: bytes | str) -> dict[str, Any]:
         ) from None
     root: dict[str, Any] = {}
     for key, value in pairs:
+        if "\x00" in key or "\x00" in value:
+            # No field means it, and PostgreSQL cannot store it in text.
+            raise InvalidRequestError(NUL_MESSAGE, param=key.split("[")[0])
         _put(root, key, value)
     return _finish(root)  # type: ignore[no-any-return]
 
@@ -63,7 +70,7 @@ def _put(root: dict[str, Any], key: str, value: str) -> None:
     for i, part in enumerate(path):
         last = i == len(path) - 1
         nxt = None if last else path[i + 1]
-        child_kind: type = list if nxt is None else (_Indexed if nxt.isdigit() else dict)
+        child_kind: type = list if nxt is None else (_Indexed if _is_index(nxt) else dict)
         if isinstance(node, list):
             if part is not None:
                 raise _mixed(key)
@@ -77,7 +84,7 @@ def _put(root: dict[str, Any], key: str, value: str) -> None:
             raise _mixed(key)
         k: str | int = part
         if isinstance(node, _Indexed):
-            if not part.isdigit() or int(part) > MAX_INDEX:
+            if not _is_index(part) or int(part) > MAX_INDEX:
                 raise _mixed(key)
             k = int(part)
         if last:
@@ -91,6 +98,10 @@ def _put(root: dict[str, Any], key: str, value: str) -> None:
         elif isinstance(existing, str) or (isinstance(existing, list) is not (child_kind is list)):
             raise _mixed(key)
         node = existing
+
+
+def _is_index(part: str) -> bool:
+    return len(part) <= 9 and _INDEX.fullmatch(part) is not None
 
 
 def _mixed(key: str) -> InvalidRequestError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from ..api import Context
@@ -20,9 +19,13 @@ def emit(
     obj: dict[str, Any],
     previous_attributes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Record an event about `obj` and queue it for every endpoint that listens for it."""
+    """Record an event about `obj` and queue it for every endpoint that listens for it.
+
+    The event is stored (serialized) at once, so it keeps `obj` as it is now; the returned
+    dict is that event, whose `data.object` shares nested values with `obj`.
+    """
     endpoints = _listening(ctx, type_)
-    data: dict[str, Any] = {"object": copy.deepcopy(public(obj))}
+    data: dict[str, Any] = {"object": public(obj)}
     if previous_attributes is not None:
         data["previous_attributes"] = previous_attributes
     event = {
@@ -55,12 +58,9 @@ def emit(
 
 
 def _listening(ctx: Context, type_: str) -> list[dict[str, Any]]:
-    page = ctx.tx.list_page(ctx.account_id, "webhook_endpoint", limit=100)
-    if page is None:
-        return []
     return [
         e
-        for e in page.data
+        for e in ctx.tx.webhook_endpoints(ctx.account_id)
         if e.get("status") == "enabled"
         and ("*" in e["enabled_events"] or type_ in e["enabled_events"])
     ]

@@ -149,7 +149,7 @@ def create(
 def update(ctx: Context, pi: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     """Update a PaymentIntent; money and method fields only before it is confirmed."""
     locked = {"amount", "currency", "payment_method", "payment_method_types", "capture_method"}
-    if pi["status"] not in UPDATABLE and locked & fields.keys():
+    if pi["status"] not in UPDATABLE and locked & {k for k, v in fields.items() if v is not None}:
         raise _unexpected_state(pi, "update")
     previous: dict[str, Any] = {}
     before = copy.deepcopy(pi)
@@ -160,11 +160,12 @@ def update(ctx: Context, pi: dict[str, Any], fields: dict[str, Any]) -> dict[str
         "receipt_email",
         "statement_descriptor",
         "statement_descriptor_suffix",
-        "capture_method",
-        "amount",
     ):
         if name in fields:
-            pi[name] = fields[name]
+            pi[name] = fields[name]  # an empty value (None) clears it
+    for name in ("capture_method", "amount"):
+        if fields.get(name) is not None:
+            pi[name] = fields[name]  # these cannot be cleared: an empty value changes nothing
     if "currency" in fields and fields["currency"] is not None:
         pi["currency"] = fields["currency"].lower()
     if fields.get("payment_method_types"):

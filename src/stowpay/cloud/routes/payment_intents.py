@@ -74,7 +74,9 @@ class PaymentIntentList(ListParams):
 
 
 class SearchParams(Params):
-    query: str = Field(max_length=1000)
+    query: str = Field(
+        max_length=1000, examples=["metadata['order_id']:'A-17' AND -status:'canceled'"]
+    )
     limit: int = Field(10, ge=1, le=100)
     page: str | None = Field(None, max_length=200)
 

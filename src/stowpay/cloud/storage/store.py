@@ -97,14 +97,70 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
 
 def _sqlite_on_begin(conn: sa.Connection) -> None:
     # A writer takes the lock up front, so two writers never deadlock upgrading a read lock.
+    # Issued on the driver's connection directly: it runs before every request.
+    driver = conn.connection.driver_connection
+    assert driver is not None
     if conn.get_execution_options().get("stowpay_write"):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        driver.execute("BEGIN IMMEDIATE")
     else:
-        conn.exec_driver_sql("BEGIN")
+        driver.execute("BEGIN")
 
 
 def _load(body: str) -> dict[str, Any]:
     return json.loads(body)  # type: ignore[no-any-return]
+
+
+# The statements every request runs, built once: a statement object reused with bound
+# parameters skips SQLAlchemy's construction and cache-key work on each execution.
+_o = t.objects.c
+_GET = sa.select(_o.body).where(
+    _o.id == sa.bindparam("b_id"), _o.account_id == sa.bindparam("b_account")
+)
+_GET_TYPED = _GET.where(_o.type == sa.bindparam("b_type"))
+_INSERT = t.objects.insert()
+_UPDATE = t.objects.update().where(
+    _o.id == sa.bindparam("b_id"), _o.account_id == sa.bindparam("b_account")
+)
+_DELETE = t.objects.delete().where(
+    _o.id == sa.bindparam("b_id"), _o.account_id == sa.bindparam("b_account")
+)
+_DELETE_METADATA = t.object_metadata.delete().where(
+    t.object_metadata.c.object_id == sa.bindparam("b_id")
+)
+_INSERT_METADATA = t.object_metadata.insert()
+_ik = t.idempotency_keys.c
+_IDEMPOTENCY_GET = sa.select(
+    _ik.fingerprint, _ik.created, _ik.status_code, _ik.request_id, _ik.body
+).where(_ik.account_id == sa.bindparam("b_account"), _ik.key == sa.bindparam("b_key"))
+_IDEMPOTENCY_PUT = t.idempotency_keys.insert()
+_INSERT_DELIVERY = t.webhook_deliveries.insert()
+_ENDPOINTS = (
+    sa.select(_o.body)
+    .where(_o.account_id == sa.bindparam("b_account"), _o.type == sa.bindparam("b_type"))
+    .order_by(_o.seq.desc())
+    .limit(sa.bindparam("b_limit"))
+)
+
+_Compiled = tuple[str, tuple[tuple[str, Any], ...]]
+_SQLITE_SQL: dict[tuple[Any, tuple[str, ...]], _Compiled] = {}
+
+
+def _sqlite_sql(stmt: Any, names: tuple[str, ...], dialect: sa.Dialect) -> _Compiled:
+    """A prebuilt statement compiled for SQLite, once: its SQL, and its parameters in order
+    with the values of those the statement fixes itself (such as an OFFSET 0)."""
+    found = _SQLITE_SQL.get((stmt, names))
+    if found is None:
+        compiled = stmt.compile(dialect=dialect, column_keys=list(names))
+        order = tuple(
+            (n, None if n in names else compiled.binds[n].value) for n in compiled.positiontup
+        )
+        found = _SQLITE_SQL[(stmt, names)] = (compiled.string, order)
+    return found
+
+
+def _amount(obj: dict[str, Any]) -> int | None:
+    amount = obj.get("amount")
+    return amount if isinstance(amount, int) else None
 
 
 class Tx:
@@ -112,6 +168,15 @@ class Tx:
 
     def __init__(self, conn: sa.Connection) -> None:
         self.conn = conn
+        # On SQLite the statements each request runs go straight to the driver's connection,
+        # inside the same transaction: SQLAlchemy compiles them once, and an execution then
+        # costs what sqlite3 costs. Other databases run them through SQLAlchemy.
+        self._sqlite: Any = (
+            conn.connection.driver_connection if conn.dialect.name == "sqlite" else None
+        )
+        #: webhook deliveries this transaction queued (the dispatcher is woken for them)
+        self.queued_deliveries = 0
+        self._endpoints: dict[str, list[dict[str, Any]]] = {}
 
     # -- accounts ---------------------------------------------------------------------------
 
@@ -151,13 +216,13 @@ class Tx:
         self, account_id: str, object_id: str, type_: str | None = None
     ) -> dict[str, Any] | None:
         """The object with this id if it belongs to `account_id` (and is of `type_`)."""
-        q = sa.select(t.objects.c.body).where(
-            t.objects.c.id == object_id, t.objects.c.account_id == account_id
-        )
-        if type_ is not None:
-            q = q.where(t.objects.c.type == type_)
-        row = self.conn.execute(q).first()
-        return None if row is None else _load(row.body)
+        params = {"b_id": object_id, "b_account": account_id}
+        if type_ is None:
+            rows = self._rows(_GET, params)
+        else:
+            params["b_type"] = type_
+            rows = self._rows(_GET_TYPED, params)
+        return _load(rows[0][0]) if rows else None
 
     def insert(
         self,
@@ -168,55 +233,79 @@ class Tx:
         status: str | None = None,
     ) -> None:
         """Store a new object; `status` overrides the column an object's own status fills."""
-        self.conn.execute(
-            t.objects.insert().values(
-                id=obj["id"],
-                account_id=account_id,
-                type=obj["object"],
-                created=obj["created"],
-                ref=ref,
-                status=status if status is not None else obj.get("status"),
-                amount=obj.get("amount") if isinstance(obj.get("amount"), int) else None,
-                body=json.dumps(obj),
-            )
+        self._run(
+            _INSERT,
+            {
+                "id": obj["id"],
+                "account_id": account_id,
+                "type": obj["object"],
+                "created": obj["created"],
+                "ref": ref,
+                "status": status if status is not None else obj.get("status"),
+                "amount": _amount(obj),
+                "body": json.dumps(obj),
+            },
         )
+        self._touched(obj["object"])
         self._index_metadata(account_id, obj)
 
     def update(self, account_id: str, obj: dict[str, Any], *, ref: str | None = None) -> None:
         """Replace an object's stored body (and its filter columns)."""
         values: dict[str, Any] = {
             "status": obj.get("status"),
-            "amount": obj.get("amount") if isinstance(obj.get("amount"), int) else None,
+            "amount": _amount(obj),
             "body": json.dumps(obj),
+            "b_id": obj["id"],
+            "b_account": account_id,
         }
         if ref is not None:
             values["ref"] = ref
-        self.conn.execute(
-            t.objects.update()
-            .where(t.objects.c.id == obj["id"], t.objects.c.account_id == account_id)
-            .values(**values)
-        )
-        self.conn.execute(
-            t.object_metadata.delete().where(t.object_metadata.c.object_id == obj["id"])
-        )
+        self._run(_UPDATE, values)
+        self._run(_DELETE_METADATA, {"b_id": obj["id"]})
+        self._touched(obj.get("object"))
         self._index_metadata(account_id, obj)
 
     def delete(self, account_id: str, object_id: str) -> None:
-        self.conn.execute(
-            t.objects.delete().where(
-                t.objects.c.id == object_id, t.objects.c.account_id == account_id
+        self._run(_DELETE, {"b_id": object_id, "b_account": account_id})
+        self._run(_DELETE_METADATA, {"b_id": object_id})
+        self._endpoints.clear()
+
+    def webhook_endpoints(self, account_id: str) -> list[dict[str, Any]]:
+        """The account's webhook endpoints (the newest 100), read once per transaction."""
+        found = self._endpoints.get(account_id)
+        if found is None:
+            rows = self._rows(
+                _ENDPOINTS, {"b_account": account_id, "b_type": "webhook_endpoint", "b_limit": 100}
             )
-        )
-        self.conn.execute(
-            t.object_metadata.delete().where(t.object_metadata.c.object_id == object_id)
-        )
+            found = self._endpoints[account_id] = [_load(r[0]) for r in rows]
+        return found
+
+    def _touched(self, type_: str | None) -> None:
+        if type_ == "webhook_endpoint":
+            self._endpoints.clear()
+
+    def _run(self, stmt: Any, params: dict[str, Any]) -> None:
+        """Execute one of the prebuilt statements."""
+        if self._sqlite is None:
+            self.conn.execute(stmt, params)
+            return
+        sql, order = _sqlite_sql(stmt, tuple(params), self.conn.dialect)
+        self._sqlite.execute(sql, [params.get(n, fixed) for n, fixed in order])
+
+    def _rows(self, stmt: Any, params: dict[str, Any]) -> Sequence[Any]:
+        """The rows (as tuples) of one of the prebuilt queries."""
+        if self._sqlite is None:
+            return self.conn.execute(stmt, params).all()
+        sql, order = _sqlite_sql(stmt, tuple(params), self.conn.dialect)
+        cursor = self._sqlite.execute(sql, [params.get(n, fixed) for n, fixed in order])
+        return cursor.fetchall()  # type: ignore[no-any-return]
 
     def _index_metadata(self, account_id: str, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata")
         if not meta:
             return
         self.conn.execute(
-            t.object_metadata.insert(),
+            _INSERT_METADATA,
             [
                 {
                     "object_id": obj["id"],
@@ -312,29 +401,24 @@ class Tx:
     # -- idempotency ------------------------------------------------------------------------
 
     def idempotency_get(self, account_id: str, key: str) -> IdempotencyRecord | None:
-        c = t.idempotency_keys.c
-        row = self.conn.execute(
-            sa.select(c.fingerprint, c.created, c.status_code, c.request_id, c.body).where(
-                c.account_id == account_id, c.key == key
-            )
-        ).first()
-        if row is None:
+        rows = self._rows(_IDEMPOTENCY_GET, {"b_account": account_id, "b_key": key})
+        if not rows:
             return None
-        return IdempotencyRecord(
-            row.fingerprint, row.created, row.status_code, row.request_id, bytes(row.body)
-        )
+        fingerprint, created, status_code, request_id, body = rows[0]
+        return IdempotencyRecord(fingerprint, created, status_code, request_id, bytes(body))
 
     def idempotency_put(self, account_id: str, key: str, record: IdempotencyRecord) -> None:
-        self.conn.execute(
-            t.idempotency_keys.insert().values(
-                account_id=account_id,
-                key=key,
-                fingerprint=record.fingerprint,
-                created=record.created,
-                status_code=record.status_code,
-                request_id=record.request_id,
-                body=record.body,
-            )
+        self._run(
+            _IDEMPOTENCY_PUT,
+            {
+                "account_id": account_id,
+                "key": key,
+                "fingerprint": record.fingerprint,
+                "created": record.created,
+                "status_code": record.status_code,
+                "request_id": record.request_id,
+                "body": record.body,
+            },
         )
 
     def idempotency_forget(self, account_id: str, key: str) -> None:
@@ -353,7 +437,8 @@ class Tx:
 
     def insert_delivery(self, delivery: dict[str, Any]) -> None:
         """Queue a delivery of an event to an endpoint, in the event's own transaction."""
-        self.conn.execute(t.webhook_deliveries.insert().values(**delivery))
+        self._run(_INSERT_DELIVERY, delivery)
+        self.queued_deliveries += 1
 
     def claim_deliveries(self, now: float, lease: float, limit: int) -> list[dict[str, Any]]:
         """Take up to `limit` due deliveries, leasing each for `lease` seconds.
