@@ -16,10 +16,12 @@ class IdFactory(Protocol):
 
 
 class RandomIds:
-    """Unguessable ids: a prefix and 24 base62 characters (about 143 bits)."""
+    """Unguessable ids: a prefix and 24 base62 characters (at least 142 random bits)."""
 
     def new(self, prefix: str) -> str:
-        return prefix + "_" + "".join(secrets.choice(_ALPHABET) for _ in range(24))
+        # One draw of 143 random bits, written in base 62: far cheaper than 24 choice() calls,
+        # and ids are made a dozen times per payment.
+        return prefix + "_" + _base62(secrets.randbits(143), 24)
 
 
 class CountingIds:
@@ -31,6 +33,14 @@ class CountingIds:
     def new(self, prefix: str) -> str:
         self._n += 1
         return f"{prefix}_{self._n:024d}"
+
+
+def _base62(n: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        n, r = divmod(n, 62)
+        out.append(_ALPHABET[r])
+    return "".join(out)
 
 
 def random_token(nbytes: int = 24) -> str:
