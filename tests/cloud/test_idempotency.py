@@ -113,3 +113,18 @@ def test_keys_are_kept_24_hours_then_forgotten(clocked: tuple[LiveCloud, ManualC
     clock.advance(0.2 * 3600)
     fresh = post(cloud, "k-day")
     assert fresh.status_code == 200 and fresh.json()["id"] != first.json()["id"]
+
+
+def test_stripe_account_header_naming_another_account_is_refused(cloud: LiveCloud) -> None:
+    headers = {"Authorization": f"Bearer {cloud.accounts[0].secret_key}"}
+    other = httpx.get(
+        cloud.url + "/v1/payment_intents",
+        headers={**headers, "Stripe-Account": cloud.accounts[1].account["id"]},
+    )
+    assert other.status_code == 403
+    assert other.json()["error"]["code"] == "stripe_account_not_supported"
+    own = httpx.get(
+        cloud.url + "/v1/payment_intents",
+        headers={**headers, "Stripe-Account": cloud.accounts[0].account["id"]},
+    )
+    assert own.status_code == 200

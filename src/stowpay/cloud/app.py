@@ -25,6 +25,7 @@ from ..wire.errors import (
     IdempotencyConflictError,
     IdempotencyError,
     InvalidRequestError,
+    PermissionDeniedError,
     StripeError,
 )
 from .api import Context, Operation, api
@@ -76,6 +77,14 @@ class Cloud:
             if len(self._accounts) > 10_000:
                 self._accounts.clear()
             self._accounts[digest] = account
+        connected = request.headers.get("stripe-account")
+        if connected and connected != account["id"]:
+            # Acting on the key's own account when another was named would be a silent mix-up.
+            raise PermissionDeniedError(
+                "Connected accounts are not supported: the Stripe-Account header may only name "
+                "the key's own account.",
+                code="stripe_account_not_supported",
+            )
         return account
 
     async def housekeeping(self, interval: float = 3600.0) -> None:
