@@ -207,6 +207,16 @@ def test_odd_bodies_are_answered_never_with_a_500(cloud: LiveCloud, body: str) -
     assert "error" in r.json() or r.json()["object"] == "payment_intent"
 
 
+def test_an_empty_value_unsets_what_can_be_unset_and_nothing_else(cloud: LiveCloud) -> None:
+    made = call(cloud, "POST", "/v1/payment_intents", PI + "&description=shoes")
+    path = f"/v1/payment_intents/{made.json()['id']}"
+    r = call(cloud, "POST", path, "description=&amount=&capture_method=&currency=")
+    assert r.status_code == 200, r.text
+    pi = r.json()
+    assert pi["description"] is None
+    assert (pi["amount"], pi["capture_method"], pi["currency"]) == (1000, "automatic", "usd")
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [

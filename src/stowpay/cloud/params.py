@@ -88,6 +88,14 @@ class NoParams(Params):
 #: A Unix time as a filter takes it; the bounds keep it within a 64-bit database integer.
 Timestamp = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
+#: Where a stored `created` lies (a 64-bit column).
+CREATED_MIN, CREATED_MAX = -(2**63), 2**63 - 1
+
+
+def clamp_created(value: int) -> int:
+    """A `created` bound moved into the stored range, where it selects the same objects."""
+    return min(max(value, CREATED_MIN), CREATED_MAX)
+
 
 class CreatedFilter(Params):
     gt: Timestamp | None = None
@@ -116,8 +124,9 @@ class ListParams(Params):
         if self.created is None:
             return None
         if isinstance(self.created, int):
-            return {"eq": self.created}
-        return {k: v for k, v in self.created.model_dump().items() if v is not None}
+            return {"eq": clamp_created(self.created)}
+        bounds = self.created.model_dump().items()
+        return {k: clamp_created(v) for k, v in bounds if v is not None}
 
 
 def validate(model: type[Params], raw: dict[str, Any]) -> Params:

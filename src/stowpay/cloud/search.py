@@ -15,6 +15,7 @@ from typing import Any
 
 from ..wire.errors import InvalidRequestError
 from .api import Context
+from .params import clamp_created
 from .storage import store as q
 
 _TOKEN = re.compile(
@@ -100,6 +101,8 @@ def _clause(m: re.Match[str], query: str) -> Clause:
         raise InvalidRequestError(
             f"Field '{field}' can only be searched for equality (`:`).", param="query"
         )
+    if field == "created":
+        value = clamp_created(int(value))
     return Clause(field, op, value if field in NUMERIC else str(value), bool(m.group("neg")))
 
 

@@ -45,6 +45,21 @@ def _terminal(conn: sa.Connection) -> None:
         table.create(conn)
 
 
+@migration(3, "64-bit creation times")
+def _wide_created(conn: sa.Connection) -> None:
+    # A 32-bit `created` ends in January 2038. SQLite's integers are 64-bit already.
+    if conn.dialect.name != "postgresql":
+        return
+    wide = (t.accounts, t.objects, t.idempotency_keys, t.webhook_deliveries, t.cloud_secrets)
+    for table in wide:
+        conn.execute(sa.text(f"ALTER TABLE {table.name} ALTER COLUMN created TYPE BIGINT"))
+
+
+@migration(4, "reader device keys")
+def _device_keys(conn: sa.Connection) -> None:
+    t.terminal_device_keys.create(conn)
+
+
 def apply(engine: sa.Engine) -> list[int]:
     """Bring the database up to date; return the versions applied now."""
     with engine.begin() as conn:

@@ -18,7 +18,7 @@ accounts = sa.Table(
     "accounts",
     metadata,
     sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("created", sa.Integer, nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
     # Only a hash of the secret key is kept: a copied database gives no API access.
     sa.Column("secret_key_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("publishable_key", sa.String(128), nullable=False, unique=True),
@@ -38,7 +38,7 @@ objects = sa.Table(
     sa.Column("id", sa.String(64), nullable=False, unique=True),
     sa.Column("account_id", sa.String(64), nullable=False),
     sa.Column("type", sa.String(40), nullable=False),
-    sa.Column("created", sa.Integer, nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
     sa.Column("ref", sa.String(64)),  # parent: a charge's payment_intent, a reader's location
     sa.Column("status", sa.String(40)),
     sa.Column("amount", sa.BigInteger),
@@ -64,7 +64,7 @@ idempotency_keys = sa.Table(
     sa.Column("account_id", sa.String(64), primary_key=True),
     sa.Column("key", sa.String(255), primary_key=True),
     sa.Column("fingerprint", sa.String(64), nullable=False),
-    sa.Column("created", sa.Integer, nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
     sa.Column("status_code", sa.Integer, nullable=False),
     sa.Column("request_id", sa.String(64), nullable=False),
     sa.Column("body", sa.LargeBinary, nullable=False),
@@ -79,7 +79,7 @@ webhook_deliveries = sa.Table(
     sa.Column("account_id", sa.String(64), nullable=False),
     sa.Column("endpoint_id", sa.String(64), nullable=False),
     sa.Column("event_id", sa.String(64), nullable=False),
-    sa.Column("created", sa.Integer, nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),  # pending | delivered | failed
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("next_attempt_at", sa.Float),
@@ -111,7 +111,7 @@ cloud_secrets = sa.Table(
     "cloud_secrets",
     metadata,
     sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("created", sa.Integer, nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
     sa.Column("value", sa.LargeBinary, nullable=False),
 )
 
@@ -142,4 +142,16 @@ terminal_connection_tokens = sa.Table(
     sa.Column("created", sa.Float, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
     sa.Index("terminal_connection_tokens_by_expiry", "expires_at"),
+)
+
+# Readers' own credentials (migration 4): a hash of each device key and the (account, reader)
+# it speaks for. One live key per reader: activating again replaces the row, so the older key
+# stops working at once.
+terminal_device_keys = sa.Table(
+    "terminal_device_keys",
+    metadata,
+    sa.Column("key_hash", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("reader_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("created", sa.Float, nullable=False),
 )
