@@ -123,13 +123,21 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
-        """Stop listening and end the thread."""
+        """Stop listening, end every open connection, and end the thread."""
         loop = self._loop
-        if loop is not None and self._server is not None:
-            loop.call_soon_threadsafe(self._server.close)
+        if loop is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(10)
             loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(10)
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
