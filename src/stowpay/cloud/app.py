@@ -12,10 +12,12 @@ from typing import Any
 
 import structlog
 from starlette.applications import Starlette
+from starlette.datastructures import URL
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Receive, Scope, Send
 
 from .. import logs
 from ..wire import formcodec
@@ -52,8 +54,9 @@ class Cloud:
 
     # -- auth -------------------------------------------------------------------------------
 
-    def authenticate(self, request: Request) -> dict[str, Any]:
-        key = _api_key(request.headers.get("authorization"))
+    def authenticate(self, authorization: str | None, connected: str | None) -> dict[str, Any]:
+        """The account an `Authorization` header's secret key belongs to."""
+        key = _api_key(authorization)
         if key is None:
             raise AuthenticationError(
                 "You did not provide an API key. You need to provide your API key in the "
@@ -77,7 +80,6 @@ class Cloud:
             if len(self._accounts) > 10_000:
                 self._accounts.clear()
             self._accounts[digest] = account
-        connected = request.headers.get("stripe-account")
         if connected and connected != account["id"]:
             # Acting on the key's own account when another was named would be a silent mix-up.
             raise PermissionDeniedError(
@@ -101,12 +103,23 @@ class Cloud:
     # -- one request ------------------------------------------------------------------------
 
     async def handle(self, op: Operation, request: Request) -> Response:
+        """Answer one request for `op` (the route Starlette matched)."""
+        status, body, headers = await self.answer(
+            op, request.scope, request.receive, request.path_params
+        )
+        return Response(body, status, headers, media_type="application/json")
+
+    async def answer(
+        self, op: Operation, scope: Scope, receive: Receive, path_params: dict[str, Any]
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """Answer one request for `op`: its status, JSON body and headers."""
         request_id = self.settings.ids.new("req")
         headers = {"Request-Id": request_id, "Stripe-Version": API_VERSION}
         claim: tuple[str, str] | None = None
         try:
-            account = self.authenticate(request)
-            key = request.headers.get("idempotency-key") if op.method == "POST" else None
+            wanted = _request_headers(scope)
+            account = self.authenticate(wanted.get(b"authorization"), wanted.get(b"stripe-account"))
+            key = wanted.get(b"idempotency-key") if op.method == "POST" else None
             if key is not None:
                 if not key or len(key) > MAX_IDEMPOTENCY_KEY or "\x00" in key:
                     raise InvalidRequestError(
@@ -118,9 +131,9 @@ class Cloud:
                     claim = None
                     raise IdempotencyConflictError()
                 self.in_flight.add(claim)
-            raw = await self._params(op, request)
+            raw = await self._params(op, scope, receive, path_params)
             status, body, replayed, queued = self._execute(
-                op, request, account, raw, key, request_id
+                op, scope, path_params, account, raw, key, request_id
             )
             if replayed is not None:
                 headers["Idempotent-Replayed"] = "true"
@@ -129,25 +142,27 @@ class Cloud:
                 # Only a request that queued webhook deliveries wakes the dispatcher; other
                 # due deliveries (retries) are found by its poll.
                 self.dispatcher.wake()
-            return Response(body, status, headers, media_type="application/json")
+            return status, body, headers
         except StripeError as err:
-            return _error_response(err, request_id, headers)
+            return err.http_status, _dumps(err.to_body(request_id)), headers
         except Exception:
             log.exception("unhandled error", request_id=request_id, path=op.path)
             headers["Stripe-Should-Retry"] = "true"
-            return _error_response(
-                ApiError("An unknown error occurred. Please try again."), request_id, headers
-            )
+            unknown = ApiError("An unknown error occurred. Please try again.")
+            return unknown.http_status, _dumps(unknown.to_body(request_id)), headers
         finally:
             if claim is not None:
                 self.in_flight.discard(claim)
 
-    async def _params(self, op: Operation, request: Request) -> dict[str, Any]:
-        if any("\x00" in value for value in request.path_params.values()):
+    async def _params(
+        self, op: Operation, scope: Scope, receive: Receive, path_params: dict[str, Any]
+    ) -> dict[str, Any]:
+        if any("\x00" in value for value in path_params.values()):
             raise InvalidRequestError(formcodec.NUL_MESSAGE)
-        raw = formcodec.decode(request.url.query) if request.url.query else {}
+        query = _url_query(scope)
+        raw = formcodec.decode(query) if query else {}
         if op.method == "POST":
-            body = await request.body()
+            body = await _read_body(receive)
             if len(body) > self.settings.max_body_bytes:
                 raise InvalidRequestError("The request body is too large.")
             if body:
@@ -158,7 +173,8 @@ class Cloud:
     def _execute(
         self,
         op: Operation,
-        request: Request,
+        scope: Scope,
+        path_params: dict[str, Any],
         account: dict[str, Any],
         raw: dict[str, Any],
         key: str | None,
@@ -173,7 +189,7 @@ class Cloud:
             isinstance(expand_paths, list) and all(isinstance(p, str) for p in expand_paths)
         ):
             raise InvalidRequestError("Invalid array", param="expand")
-        fingerprint = _fingerprint(op, request, raw, expand_paths)
+        fingerprint = _fingerprint(op, _url_path(scope), raw, expand_paths)
         writes = op.method != "GET"
         with self.store.write() if writes else self.store.read() as tx:
             if key is not None:
@@ -203,7 +219,7 @@ class Cloud:
                 settings=self.settings,
             )
             try:
-                result = op.handler(ctx, params, **request.path_params)
+                result = op.handler(ctx, params, **path_params)
                 if expand_paths:
                     result = expand(tx, account["id"], result, expand_paths)
                 status, body = 200, _dumps(result)
@@ -219,6 +235,48 @@ class Cloud:
                     IdempotencyRecord(fingerprint, ctx.now(), status, request_id, body),
                 )
             return status, body, None, tx.queued_deliveries
+
+
+#: The request headers an API call reads.
+_WANTED = frozenset((b"authorization", b"idempotency-key", b"stripe-account"))
+
+
+def _request_headers(scope: Scope) -> dict[bytes, str]:
+    """The headers an API call reads, each at its first occurrence (as Starlette reads them)."""
+    found: dict[bytes, str] = {}
+    for name, value in scope["headers"]:
+        if name in _WANTED and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
+
+
+def _url_path(scope: Scope) -> str:
+    """The request's path as `request.url.path` gives it (the idempotency fingerprint uses it)."""
+    path: str = scope["path"]
+    if "?" in path or "#" in path or "\\" in path:
+        return URL(scope=scope).path
+    return path
+
+
+def _url_query(scope: Scope) -> str:
+    """The query string as `request.url.query` gives it."""
+    query: str = scope["query_string"].decode()
+    if "#" in query or "\t" in query or "\n" in query or "\r" in query:
+        return URL(scope=scope).query
+    return query
+
+
+async def _read_body(receive: Receive) -> bytes:
+    """The whole request body, as `Request.body()` reads it."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
 
 
 def _api_key(authorization: str | None) -> str | None:
@@ -242,15 +300,25 @@ def _mask(key: str) -> str:
     return f"{prefix}****{key[-4:]}" if len(key) > 12 else "****"
 
 
-def _fingerprint(op: Operation, request: Request, raw: dict[str, Any], expand_paths: Any) -> str:
-    canonical = json.dumps(
-        [op.method, request.url.path, raw, expand_paths], sort_keys=True, separators=(",", ":")
-    )
+#: Built once: `json.dumps` with non-default options builds an encoder on every call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+#: Answers are compact JSON: the C encoder writes it (an indented answer is encoded in pure
+#: Python, which cost more than a request's SQL).
+_ANSWER = json.JSONEncoder(separators=(",", ":"))
+
+
+def _fingerprint(op: Operation, path: str, raw: dict[str, Any], expand_paths: Any) -> str:
+    canonical = _CANONICAL.encode([op.method, path, raw, expand_paths])
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
-    return json.dumps(_served(obj), indent=2).encode()
+    body = _ANSWER.encode(obj)
+    # A private key is written `"_...`, so an answer without that sequence has none to drop
+    # (a string value starting with `_` only sends it down the slower path).
+    if '"_' in body:
+        body = _ANSWER.encode(_served(obj))
+    return body.encode()
 
 
 def _served(value: Any) -> Any:
@@ -262,13 +330,83 @@ def _served(value: Any) -> Any:
     return value
 
 
-def _error_response(err: StripeError, request_id: str, headers: dict[str, str]) -> Response:
-    return Response(
-        _dumps(err.to_body(request_id)), err.http_status, headers, media_type="application/json"
-    )
+class CloudApp(Starlette):
+    """The cloud's Starlette app, with a direct path to the API operations.
+
+    A request for a registered operation goes from here to `Cloud.answer`, skipping
+    Starlette's middleware, router and request and response objects: per request they cost
+    about as much as the operation's own SQL. Which operation answers is decided exactly as
+    Starlette's router decides it (routes in order, the first full match wins), and anything
+    else (other routes, HEAD, a `root_path`, lifespan) goes through Starlette itself.
+    """
+
+    def __init__(self, cloud: Cloud, operations: dict[int, Operation], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cloud = cloud
+        self._operations = operations
+        self._dispatch: _Dispatch | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            dispatch = self._dispatch
+            if dispatch is None or dispatch.size != len(self.router.routes):
+                dispatch = self._dispatch = _Dispatch(self.router.routes, self._operations)
+            found = dispatch.match(scope)
+            if found is not None:
+                op, path_params = found
+                scope["app"] = self
+                scope["path_params"] = path_params
+                status, body, headers = await self.cloud.answer(op, scope, receive, path_params)
+                raw = [
+                    (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+                ]
+                # The headers Starlette's `Response(body, status, headers, media_type=...)` adds.
+                raw.append((b"content-length", str(len(body)).encode("latin-1")))
+                raw.append((b"content-type", b"application/json"))
+                await send({"type": "http.response.start", "status": status, "headers": raw})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None, *, store: Store | None = None) -> Starlette:
+class _Dispatch:
+    """The app's routes by method, to find an operation as Starlette's router would."""
+
+    def __init__(self, routes: list[BaseRoute], operations: dict[int, Operation]) -> None:
+        self.size = len(routes)
+        self._by_method: dict[str, list[tuple[Operation | None, Any]]] = {}
+        for method in {op.method for op in operations.values()}:
+            entries: list[tuple[Operation | None, Any]] = []
+            for route in routes:
+                op = operations.get(id(route))
+                if op is None:
+                    entries.append((None, route))  # not an operation: it is asked itself
+                elif op.method == method:
+                    entries.append((op, route))
+            self._by_method[method] = entries
+
+    def match(self, scope: Scope) -> tuple[Operation, dict[str, Any]] | None:
+        """The operation that answers this request, with its path parameters; None when
+        another route (or none) would answer it."""
+        entries = self._by_method.get(scope["method"])
+        if entries is None:
+            return None
+        path = scope["path"]
+        for op, route in entries:
+            if op is None:
+                if route.matches(scope)[0] is Match.FULL:
+                    return None
+                continue
+            m = route.path_regex.match(path)
+            if m is not None:
+                params = m.groupdict()
+                for name, value in params.items():
+                    params[name] = route.param_convertors[name].convert(value)
+                return op, params
+        return None
+
+
+def create_app(settings: Settings | None = None, *, store: Store | None = None) -> CloudApp:
     """Build the cloud's ASGI app. Its database is migrated on start-up."""
     from . import routes  # noqa: F401  (registers the operations)
 
@@ -286,9 +424,13 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         Route(op.path, endpoint(op), methods=[op.method], name=op.operation_id)
         for op in api.operations
     ]
+    operations = {id(route): op for route, op in zip(route_list, api.operations, strict=True)}
     from .openapi import openapi_route
 
     route_list.append(openapi_route(api))
+    from .routes.device import device_routes  # the reader's API (`docs/reader-protocol.md`)
+
+    route_list.extend(device_routes(cloud))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -324,7 +466,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
             media_type="application/json",
         )
 
-    app = Starlette(
+    app = CloudApp(
+        cloud,
+        operations,
         routes=route_list,
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: not_found, HTTPException: not_found},

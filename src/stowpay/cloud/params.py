@@ -68,7 +68,7 @@ class Params(BaseModel):
     @classmethod
     def _empty_unsets(cls, data: Any) -> Any:
         # Stripe: an empty value unsets an optional field. Metadata keeps its own meaning.
-        if isinstance(data, dict):
+        if isinstance(data, dict) and "" in data.values():
             return {
                 k: (None if v == "" and k != "metadata" and _nullable(cls, k) else v)
                 for k, v in data.items()

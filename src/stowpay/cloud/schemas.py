@@ -520,6 +520,12 @@ def _terminal() -> dict[str, Any]:
         }
     )
     location = _expandable("tml", "terminal.location", nullable=True)
+    limit = {"type": "integer", "minimum": 0, "nullable": True}
+    per_currency = {
+        "type": "object",
+        "additionalProperties": {"type": "integer", "minimum": 0},
+        "description": "Minor units by lowercase currency code.",
+    }
     return {
         "terminal.location": _obj(
             "terminal.location",
@@ -551,6 +557,17 @@ def _terminal() -> dict[str, Any]:
                 "offline": _struct({"enabled": _BOOL}, nullable=True),
                 "reboot_window": _NULL,
                 "stripe_s700": _NULL,
+                #: Stowpay's extension: the merchant's offline risk policy, null when unset
+                "stowpay_offline_policy": _struct(
+                    {
+                        "max_transaction": per_currency,
+                        "max_stored_total": per_currency,
+                        "max_stored_count": limit,
+                        "max_record_age": limit,
+                        "max_uses_per_card": limit,
+                    },
+                    nullable=True,
+                ),
                 "tipping": _NULL,
                 "wifi": _NULL,
             },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..api import Context
@@ -18,14 +19,21 @@ def emit(
     type_: str,
     obj: dict[str, Any],
     previous_attributes: dict[str, Any] | None = None,
+    *,
+    stored: str | None = None,
 ) -> dict[str, Any]:
     """Record an event about `obj` and queue it for every endpoint that listens for it.
 
     The event is stored (serialized) at once, so it keeps `obj` as it is now; the returned
-    dict is that event, whose `data.object` shares nested values with `obj`.
+    dict is that event, whose `data.object` shares nested values with `obj`. `stored` is
+    the JSON that `Tx.insert` or `Tx.update` returned for `obj` just now (it must still be
+    `obj`): the event then embeds that text instead of serializing the object again.
     """
     endpoints = _listening(ctx, type_)
-    data: dict[str, Any] = {"object": public(obj)}
+    # An object with private keys (`"_...` in its JSON) is served without them, so its
+    # stored JSON is not what the event serves.
+    reuse = stored is not None and '"_' not in stored
+    data: dict[str, Any] = {"object": _OBJECT if reuse else public(obj)}
     if previous_attributes is not None:
         data["previous_attributes"] = previous_attributes
     event = {
@@ -39,7 +47,14 @@ def emit(
         "request": {"id": ctx.request_id, "idempotency_key": ctx.idempotency_key},
         "type": type_,
     }
-    ctx.tx.insert(ctx.account_id, event, ref=obj.get("id"), status=type_)
+    body = None
+    if reuse:
+        assert stored is not None
+        # The placeholder is the first string after four fixed fields: replacing its first
+        # occurrence cannot touch anything a client sent.
+        body = json.dumps(event).replace(_OBJECT_JSON, stored, 1)
+        data["object"] = public(obj)
+    ctx.tx.insert(ctx.account_id, event, ref=obj.get("id"), status=type_, body=body)
     for endpoint in endpoints:
         ctx.tx.insert_delivery(
             {
@@ -55,6 +70,11 @@ def emit(
         )
     ctx.wrote_events = True
     return event
+
+
+#: Where an event's object goes while the rest of the event is serialized.
+_OBJECT = "\x00object"
+_OBJECT_JSON = json.dumps(_OBJECT)
 
 
 def _listening(ctx: Context, type_: str) -> list[dict[str, Any]]:

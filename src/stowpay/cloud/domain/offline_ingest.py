@@ -13,6 +13,7 @@ vault) is reported.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -21,7 +22,9 @@ from typing import Any
 
 from ...wire import cards
 from ...wire.errors import CardError, InvalidRequestError
+from ...wire.money import MAXIMUM_AMOUNT
 from ..api import Context
+from ..storage.store import BatchTx
 from . import payment_intents as pis
 
 RECORD = "stowpay.offline_record"
@@ -74,13 +77,24 @@ def ingest(
     unseal: Unsealer,
     associated_data: Callable[[str, str, int], bytes],
 ) -> list[Outcome]:
-    """Ingest a batch in the caller's transaction; one outcome per record, in order."""
-    seq_state = _sequence_state(ctx, reader["id"])
+    """Ingest a batch in the caller's transaction; one outcome per record, in order.
+
+    The records' permanent keys are read in one query, and everything the batch makes
+    (PaymentMethods, PaymentIntents, Charges, events, webhook deliveries, records) is held
+    and written at the end with one multi-row statement per kind (`BatchTx`), still inside
+    the caller's transaction: the batch commits whole or not at all.
+    """
+    tx = BatchTx(ctx.tx)
+    bctx = dataclasses.replace(ctx, tx=tx)
+    tx.prefetch(ctx.account_id, [record_id(reader["id"], p.sequence) for p in batch], RECORD)
+    seq_state = _sequence_state(bctx, reader["id"])
     outcomes = [
-        _ingest_one(ctx, reader, p, seq_state, unseal, associated_data)
+        _ingest_one(bctx, reader, p, seq_state, unseal, associated_data)
         for p in sorted(batch, key=lambda p: p.sequence)
     ]
-    ctx.tx.update(ctx.account_id, seq_state)
+    tx.update(ctx.account_id, seq_state)
+    tx.flush()
+    ctx.wrote_events = ctx.wrote_events or bctx.wrote_events
     order = {p.sequence: i for i, p in enumerate(batch)}
     return sorted(outcomes, key=lambda o: order[o.sequence])
 
@@ -156,6 +170,11 @@ def _ingest_one(
             ),
             replayed=False,
         )
+    try:
+        _check_fields(p)
+    except InvalidRequestError as exc:
+        # Refused before anything is made for it: no PaymentMethod, no sequence noted.
+        return Outcome(p.sequence, "rejected", None, exc.to_body()["error"], replayed=False)
     _note_sequence(seq_state, p.sequence)
     pm = _card_present_method(ctx, reader, p, card, number)
     del number, card, plain
@@ -204,6 +223,29 @@ def _ingest_one(
         ref=reader["id"],
     )
     return Outcome(p.sequence, status, pi, error, replayed=False)
+
+
+#: The capture methods an offline payment may have.
+CAPTURE_METHODS = ("automatic", "manual")
+
+
+def _check_fields(p: ForwardedPayment) -> None:
+    """Refuse a record no PaymentIntent could be made from (`InvalidRequestError`)."""
+    pis.check_amount(p.amount, p.currency)
+    if p.amount > MAXIMUM_AMOUNT:
+        raise InvalidRequestError(
+            f"Amount must be no more than {MAXIMUM_AMOUNT} in minor units.",
+            param="amount",
+            code="amount_too_large",
+        )
+    if p.capture_method not in CAPTURE_METHODS:
+        raise InvalidRequestError(
+            f"Invalid capture_method: {p.capture_method[:40]!r}; an offline payment's is "
+            "automatic or manual.",
+            param="capture_method",
+            code="parameter_invalid",
+        )
+    pis.merge_metadata({}, p.metadata)  # raises for too many keys
 
 
 def _card_present_method(

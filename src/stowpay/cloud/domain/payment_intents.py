@@ -139,8 +139,8 @@ def create(
         payment_methods.require_type(pm, types)
         pi["payment_method"] = pm["id"]
         pi["status"] = "requires_confirmation"
-    ctx.tx.insert(ctx.account_id, pi)
-    emit(ctx, "payment_intent.created", pi)
+    stored = ctx.tx.insert(ctx.account_id, pi)
+    emit(ctx, "payment_intent.created", pi, stored=stored)
     if confirm:
         return do_confirm(ctx, pi, pm)
     return pi
@@ -180,9 +180,9 @@ def update(ctx: Context, pi: dict[str, Any], fields: dict[str, Any]) -> dict[str
     for k, v in before.items():
         if pi.get(k) != v:
             previous[k] = v
-    ctx.tx.update(ctx.account_id, pi)
+    stored = ctx.tx.update(ctx.account_id, pi)
     if previous:
-        emit(ctx, "payment_intent.updated", pi, previous)
+        emit(ctx, "payment_intent.updated", pi, previous, stored=stored)
     return pi
 
 
@@ -248,12 +248,12 @@ def do_confirm(
             status="requires_capture", amount_capturable=pi["amount"], last_payment_error=None
         )
     ctx.tx.insert(ctx.account_id, charge, ref=pi["id"])
-    ctx.tx.update(ctx.account_id, pi)
+    stored = ctx.tx.update(ctx.account_id, pi)
     emit(ctx, "charge.succeeded", charge)
     if pi["status"] == "succeeded":
-        emit(ctx, "payment_intent.succeeded", pi)
+        emit(ctx, "payment_intent.succeeded", pi, stored=stored)
     else:
-        emit(ctx, "payment_intent.amount_capturable_updated", pi)
+        emit(ctx, "payment_intent.amount_capturable_updated", pi, stored=stored)
     return pi
 
 
@@ -275,9 +275,9 @@ def _decline(
     }
     pi.update(status="requires_payment_method", payment_method=None, last_payment_error=error)
     ctx.tx.insert(ctx.account_id, charge, ref=pi["id"])
-    ctx.tx.update(ctx.account_id, pi)
+    stored = ctx.tx.update(ctx.account_id, pi)
     emit(ctx, "charge.failed", charge)
-    emit(ctx, "payment_intent.payment_failed", pi)
+    emit(ctx, "payment_intent.payment_failed", pi, stored=stored)
     raise CardError(
         str(decision.message),
         code=decision.error_code,
@@ -411,9 +411,9 @@ def capture(ctx: Context, pi: dict[str, Any], amount_to_capture: int | None) -> 
     pi.update(status="succeeded", amount_received=amount, amount_capturable=0)
     charge.update(captured=True, amount_captured=amount)
     ctx.tx.update(ctx.account_id, charge)
-    ctx.tx.update(ctx.account_id, pi)
+    stored = ctx.tx.update(ctx.account_id, pi)
     emit(ctx, "charge.captured", charge)
-    emit(ctx, "payment_intent.succeeded", pi)
+    emit(ctx, "payment_intent.succeeded", pi, stored=stored)
     return pi
 
 
@@ -429,8 +429,8 @@ def cancel(ctx: Context, pi: dict[str, Any], reason: str | None) -> dict[str, An
     pi.update(
         status="canceled", canceled_at=ctx.now(), cancellation_reason=reason, amount_capturable=0
     )
-    ctx.tx.update(ctx.account_id, pi)
-    emit(ctx, "payment_intent.canceled", pi)
+    stored = ctx.tx.update(ctx.account_id, pi)
+    emit(ctx, "payment_intent.canceled", pi, stored=stored)
     return pi
 
 

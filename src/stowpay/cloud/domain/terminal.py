@@ -5,9 +5,10 @@ Objects, as Stripe shapes them (`reference/stripe-offline-spec.md` 5.1-5.2):
 - `terminal.location` (`tml_`): where readers stand. Its `configuration_overrides` names the
   Configuration its readers use; without one, the account's default applies.
 - `terminal.configuration` (`tmc_`): reader settings, of which Stowpay acts on
-  `offline.enabled`. Every account has one default configuration (`is_account_default`),
-  made the first time it is listed or needed, with an id derived from the account so that two
-  requests making it at once make one. It cannot be deleted.
+  `offline.enabled` and on its own extension `stowpay_offline_policy`, the merchant's offline
+  risk policy (`merge_offline_policy`). Every account has one default configuration
+  (`is_account_default`), made the first time it is listed or needed, with an id derived
+  from the account so that two requests making it at once make one. It cannot be deleted.
 - `terminal.reader` (`tmr_`): a registered device. `simulated-wpe` (and `simulated-s700`)
   register Stripe's simulated readers; any other code must be one a real device obtained.
 - connection tokens (`pst_test_...`): short-lived, single-use credentials a POS hands to a
@@ -16,10 +17,10 @@ Objects, as Stripe shapes them (`reference/stripe-offline-spec.md` 5.1-5.2):
 No events are emitted: Stripe has no event types for these objects' creation or changes
 (`terminal.reader.action_*` belong to reader actions, which the reader issue adds).
 
-Seam for the reader's device-side endpoints (the reader issue)
---------------------------------------------------------------
-The device-side routes (their own module, authenticated by device credentials rather than an
-API key) plug in here:
+Seam for the reader's device-side endpoints
+-------------------------------------------
+The device-side routes (`routes.device` and `domain.devices`, authenticated by device keys
+rather than an API key) plug in here:
 
 1. **Activation.** An unregistered device asks for a code: the route calls
    `issue_registration_code(tx, DeviceInfo(...), now=...)` and the device shows the code. The
@@ -42,6 +43,7 @@ API key) plug in here:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import secrets
 from dataclasses import asdict, dataclass
@@ -54,6 +56,7 @@ from ..api import Context
 from ..settings import Settings
 from ..storage import Tx
 from ..storage import terminal as store
+from ..storage.device_keys import forget_device_keys
 from .payment_intents import merge_metadata
 
 LOCATION = "terminal.location"
@@ -212,6 +215,7 @@ def _configuration(
         "offline": None if offline is None else {"enabled": offline},
         "reboot_window": None,
         "stripe_s700": None,
+        "stowpay_offline_policy": None,
         "tipping": None,
         "wifi": None,
     }
@@ -268,11 +272,22 @@ def get_configuration(ctx: Context, config_id: str, *, param: str = "id") -> dic
     return config
 
 
-def create_configuration(ctx: Context, *, name: str | None, offline: bool | None) -> dict[str, Any]:
-    """Create a Configuration (never the account default)."""
+def create_configuration(
+    ctx: Context,
+    *,
+    name: str | None,
+    offline: bool | None,
+    offline_policy: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Create a Configuration (never the account default).
+
+    `offline_policy` is the `stowpay_offline_policy` parameter as sent (see
+    `merge_offline_policy`).
+    """
     config = _configuration(
         ctx.ids.new("tmc"), ctx.now(), is_default=False, name=name, offline=offline
     )
+    config["stowpay_offline_policy"] = merge_offline_policy(None, offline_policy)
     ctx.tx.insert(ctx.account_id, config, ref=_CUSTOM)
     return config
 
@@ -280,14 +295,62 @@ def create_configuration(ctx: Context, *, name: str | None, offline: bool | None
 def update_configuration(
     ctx: Context, config: dict[str, Any], changes: dict[str, Any]
 ) -> dict[str, Any]:
-    """Apply `name` and `offline` as sent (None: unset)."""
+    """Apply `name`, `offline` and `stowpay_offline_policy` as sent (None: unset)."""
     if "name" in changes:
         config["name"] = changes["name"]
     if "offline" in changes:
         enabled = changes["offline"]
         config["offline"] = None if enabled is None else {"enabled": enabled}
+    if "stowpay_offline_policy" in changes:
+        config["stowpay_offline_policy"] = merge_offline_policy(
+            config.get("stowpay_offline_policy"), changes["stowpay_offline_policy"]
+        )
     ctx.tx.update(ctx.account_id, config)
     return config
+
+
+#: The policy's limits per currency (minor units), and its plain limits.
+POLICY_AMOUNTS = ("max_transaction", "max_stored_total")
+POLICY_LIMITS = ("max_stored_count", "max_record_age", "max_uses_per_card")
+
+
+def merge_offline_policy(
+    current: dict[str, Any] | None, sent: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The risk policy after an update, or None when nothing of it is set.
+
+    `sent` holds only what the caller sent: None (the whole policy sent empty) unsets it;
+    a plain limit sent as None unsets that limit; a currency map sent as None clears it, and
+    within a map a currency sent as "" is removed and the others are set, as metadata is.
+    Served in full: both maps (possibly empty) and every limit (possibly null).
+    """
+    if sent is None:
+        return None
+    policy: dict[str, Any] = {name: {} for name in POLICY_AMOUNTS}
+    policy.update(dict.fromkeys(POLICY_LIMITS))
+    if current:
+        policy.update(copy.deepcopy(current))
+    for name in POLICY_AMOUNTS:
+        if name not in sent:
+            continue
+        given = sent[name]
+        if given is None:
+            policy[name] = {}
+            continue
+        for currency, amount in given.items():
+            if amount == "" or amount is None:
+                policy[name].pop(currency, None)
+            else:
+                policy[name][currency] = amount
+        policy[name] = dict(sorted(policy[name].items()))
+    for name in POLICY_LIMITS:
+        if name in sent:
+            policy[name] = sent[name]
+    if not any(policy[name] for name in POLICY_AMOUNTS) and all(
+        policy[name] is None for name in POLICY_LIMITS
+    ):
+        return None
+    return policy
 
 
 def delete_configuration(ctx: Context, config: dict[str, Any]) -> dict[str, Any]:
@@ -364,6 +427,30 @@ def registration_outcome(tx: Tx, code: str) -> tuple[str, str] | None:
     if found is None or found["reader_id"] is None:
         return None
     return str(found["account_id"]), str(found["reader_id"])
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Where the code a device shows stands: waiting for a merchant, or registered."""
+
+    #: "pending" | "registered"
+    status: str
+    account_id: str | None = None
+    reader_id: str | None = None
+
+
+def registration_state(tx: Tx, code: str, *, now: float) -> Registration | None:
+    """For the device showing `code`: pending, or the (account, reader) it became; None when
+    the code is unknown, expired unredeemed, or was redeemed more than `REGISTRATION_KEPT` ago.
+    """
+    found = store.registration(tx, _hash(_normal_code(code)))
+    if found is None:
+        return None
+    if found["reader_id"] is None:
+        return Registration("pending") if found["expires_at"] > now else None
+    if now - float(found["redeemed_at"]) > REGISTRATION_KEPT:
+        return None
+    return Registration("registered", str(found["account_id"]), str(found["reader_id"]))
 
 
 # -- readers -------------------------------------------------------------------------------
@@ -446,6 +533,8 @@ def update_reader(ctx: Context, reader: dict[str, Any], changes: dict[str, Any])
 def delete_reader(ctx: Context, reader: dict[str, Any]) -> dict[str, Any]:
     """Delete a reader; its device must be registered again to be used."""
     ctx.tx.delete(ctx.account_id, reader["id"])
+    # The device's key stops working with it (the device API also checks the reader exists).
+    forget_device_keys(ctx.tx, reader["id"])
     return {"id": reader["id"], "object": READER, "deleted": True}
 
 

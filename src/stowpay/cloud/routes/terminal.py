@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from ...wire.errors import NotFoundError
+from ...wire.money import SUPPORTED
 from ..api import Context, api
 from ..domain import terminal as domain
 from ..params import Id, ListParams, MetadataParam, Params
@@ -95,14 +96,39 @@ class TerminalOffline(Params):
     enabled: bool
 
 
+def _known_currency(code: str) -> str:
+    if code not in SUPPORTED:
+        raise ValueError("not a supported currency code (lowercase ISO 4217, such as usd)")
+    return code
+
+
+#: A policy limit: a count, seconds, or minor units. Bounded so every JSON reader keeps it exact.
+PolicyLimit = Annotated[int, Field(ge=0, le=2**53 - 1)]
+PolicyCurrency = Annotated[str, AfterValidator(_known_currency)]
+#: Minor units per currency; a currency sent as "" is removed from the map.
+PolicyAmounts = dict[PolicyCurrency, PolicyLimit | Literal[""]]
+
+
+class TerminalOfflinePolicy(Params):
+    """`stowpay_offline_policy`: the merchant's offline risk policy (a Stowpay extension)."""
+
+    max_transaction: PolicyAmounts | None = None
+    max_stored_total: PolicyAmounts | None = None
+    max_stored_count: PolicyLimit | None = None
+    max_record_age: PolicyLimit | None = None
+    max_uses_per_card: PolicyLimit | None = None
+
+
 class ConfigurationCreate(Params):
     name: ConfigurationName | None = None
     offline: TerminalOffline | None = None
+    stowpay_offline_policy: TerminalOfflinePolicy | None = None
 
 
 class ConfigurationUpdate(Params):
     name: ConfigurationName | None = None
     offline: TerminalOffline | None = None
+    stowpay_offline_policy: TerminalOfflinePolicy | None = None
 
 
 class ConfigurationList(ListParams):
@@ -211,6 +237,12 @@ def _offline(params: ConfigurationCreate | ConfigurationUpdate) -> bool | None:
     return None if params.offline is None else params.offline.enabled
 
 
+def _offline_policy(params: ConfigurationCreate | ConfigurationUpdate) -> dict[str, Any] | None:
+    """The policy parameters the caller sent (None: sent empty, to unset)."""
+    policy = params.stowpay_offline_policy
+    return None if policy is None else policy.model_dump(exclude_unset=True)
+
+
 @api.post(
     "/v1/terminal/configurations",
     params=ConfigurationCreate,
@@ -219,7 +251,9 @@ def _offline(params: ConfigurationCreate | ConfigurationUpdate) -> bool | None:
     tag=TAG,
 )
 def create_configuration(ctx: Context, params: ConfigurationCreate) -> dict[str, Any]:
-    return domain.create_configuration(ctx, name=params.name, offline=_offline(params))
+    return domain.create_configuration(
+        ctx, name=params.name, offline=_offline(params), offline_policy=_offline_policy(params)
+    )
 
 
 @api.get(
@@ -247,6 +281,8 @@ def update_configuration(
         changes["name"] = params.name
     if "offline" in params.model_fields_set:
         changes["offline"] = _offline(params)
+    if "stowpay_offline_policy" in params.model_fields_set:
+        changes["stowpay_offline_policy"] = _offline_policy(params)
     return domain.update_configuration(ctx, domain.get_configuration(ctx, configuration), changes)
 
 

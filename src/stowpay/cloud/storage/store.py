@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,33 +57,127 @@ class Store:
             self.engine = sa.create_engine(
                 self.url,
                 poolclass=sa.pool.SingletonThreadPool,
+                # Past this many threads' connections the pool closes one at random, even one
+                # in use by another thread (which crashes sqlite3): keep it out of reach.
+                pool_size=64,
             )
             sa.event.listen(self.engine, "connect", _sqlite_on_connect)
             sa.event.listen(self.engine, "begin", _sqlite_on_begin)
         else:
             url = self.url.replace("postgresql://", "postgresql+psycopg://", 1)
             self.engine = sa.create_engine(url, pool_size=5, pool_pre_ping=True)
+        self._local = threading.local()
+        #: every thread's kept connection, by the id of its driver connection
+        self._held: weakref.WeakValueDictionary[int, _Held] = weakref.WeakValueDictionary()
+        self._held_lock = threading.Lock()
+        if self.is_sqlite:
+            sa.event.listen(self.engine, "close", self._closed_by_pool)
 
     def migrate(self) -> list[int]:
         """Apply pending migrations."""
         return migrations.apply(self.engine)
 
-    @contextmanager
-    def write(self) -> Iterator[Tx]:
+    def write(self) -> AbstractContextManager[Tx]:
         """A transaction that may write; it commits durably when the block ends."""
+        if self.is_sqlite:
+            return _SqliteTransaction(self, "BEGIN IMMEDIATE")
+        return self._transaction(write=True)
+
+    def read(self) -> AbstractContextManager[Tx]:
+        """A read-only transaction."""
+        if self.is_sqlite:
+            return _SqliteTransaction(self, "BEGIN")
+        return self._transaction(write=False)
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Tx]:
         with self.engine.connect() as conn:
-            conn = conn.execution_options(stowpay_write=True)
+            if write:
+                conn = conn.execution_options(stowpay_write=True)
             with conn.begin():
                 yield Tx(conn)
 
-    @contextmanager
-    def read(self) -> Iterator[Tx]:
-        """A read-only transaction."""
-        with self.engine.connect() as conn, conn.begin():
-            yield Tx(conn)
+    def _held_connection(self) -> _Held:
+        held: _Held | None = self._local.__dict__.get("held")
+        if held is None or held.stale or held.conn.closed:
+            held = self._hold()
+        return held
+
+    def _hold(self) -> _Held:
+        old = self._local.__dict__.pop("held", None)
+        if old is not None:
+            old.close()
+        held = self._local.held = _Held(self.engine.connect().execution_options(stowpay_held=True))
+        with self._held_lock:
+            self._held[id(held.driver)] = held
+        return held
+
+    def _closed_by_pool(self, dbapi_conn: Any, _record: Any) -> None:
+        # SingletonThreadPool closes the oldest thread's connection when it holds too many;
+        # the thread that kept it opens another on its next transaction.
+        held = self._held.get(id(dbapi_conn))
+        if held is not None and held.driver is dbapi_conn:
+            held.stale = True
 
     def close(self) -> None:
+        with self._held_lock:
+            held = list(self._held.values())
+            self._held.clear()
+        for h in held:
+            h.close()
         self.engine.dispose()
+
+
+class _SqliteTransaction:
+    """One SQLite transaction on this thread's kept connection.
+
+    BEGIN and COMMIT go straight to the driver: checking a connection out of the pool,
+    wrapping it and resetting it on return cost more than the statements of a request.
+    """
+
+    __slots__ = ("_begin", "_held", "_store")
+
+    def __init__(self, store: Store, begin: str) -> None:
+        self._store = store
+        self._begin = begin
+
+    def __enter__(self) -> Tx:
+        held = self._held = self._store._held_connection()
+        held.driver.execute(self._begin)
+        return Tx(held.conn, held.driver)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        held = self._held
+        driver = held.driver
+        try:
+            if exc_type is None:
+                driver.commit()  # WAL + synchronous=FULL: on disk when this returns
+        finally:
+            if driver.in_transaction:  # the block failed, or its commit did
+                driver.rollback()
+            # Work done through SQLAlchemy made it open its own (bookkeeping) transaction
+            # inside ours; ours has ended, so ending that one touches nothing in the file.
+            if held.conn.in_transaction():
+                held.conn.rollback()
+
+
+class _Held:
+    """A thread's open SQLite connection, returned to the pool when the thread ends."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn
+        self.driver: Any = conn.connection.driver_connection
+        #: set when the pool closed the driver connection under it
+        self.stale = False
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing at exit: nothing left to report to
+            self.conn.close()
+
+    def __del__(self) -> None:
+        # Runs when the thread's locals are dropped: a pooled connection given back
+        # explicitly, rather than found by the garbage collector (which warns).
+        self.close()
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -100,7 +197,10 @@ def _sqlite_on_begin(conn: sa.Connection) -> None:
     # Issued on the driver's connection directly: it runs before every request.
     driver = conn.connection.driver_connection
     assert driver is not None
-    if conn.get_execution_options().get("stowpay_write"):
+    options = conn.get_execution_options()
+    if options.get("stowpay_held") and driver.in_transaction:
+        return  # a kept connection, inside the transaction Store began on the driver itself
+    if options.get("stowpay_write"):
         driver.execute("BEGIN IMMEDIATE")
     else:
         driver.execute("BEGIN")
@@ -117,6 +217,11 @@ _GET = sa.select(_o.body).where(
     _o.id == sa.bindparam("b_id"), _o.account_id == sa.bindparam("b_account")
 )
 _GET_TYPED = _GET.where(_o.type == sa.bindparam("b_type"))
+_GET_MANY = sa.select(_o.id, _o.body).where(
+    _o.account_id == sa.bindparam("b_account"),
+    _o.type == sa.bindparam("b_type"),
+    _o.id.in_(sa.bindparam("b_ids", expanding=True)),
+)
 _INSERT = t.objects.insert()
 _UPDATE = t.objects.update().where(
     _o.id == sa.bindparam("b_id"), _o.account_id == sa.bindparam("b_account")
@@ -166,17 +271,19 @@ def _amount(obj: dict[str, Any]) -> int | None:
 class Tx:
     """One transaction. Every method is scoped to the account it is given."""
 
-    def __init__(self, conn: sa.Connection) -> None:
+    def __init__(self, conn: sa.Connection, sqlite: Any = None) -> None:
         self.conn = conn
         # On SQLite the statements each request runs go straight to the driver's connection,
         # inside the same transaction: SQLAlchemy compiles them once, and an execution then
         # costs what sqlite3 costs. Other databases run them through SQLAlchemy.
-        self._sqlite: Any = (
-            conn.connection.driver_connection if conn.dialect.name == "sqlite" else None
-        )
+        self._sqlite: Any = sqlite
+        if sqlite is None and conn.dialect.name == "sqlite":
+            self._sqlite = conn.connection.driver_connection
         #: webhook deliveries this transaction queued (the dispatcher is woken for them)
         self.queued_deliveries = 0
         self._endpoints: dict[str, list[dict[str, Any]]] = {}
+        #: objects this transaction knows to have no metadata rows (so none to delete)
+        self._bare: set[str] = set()
 
     # -- accounts ---------------------------------------------------------------------------
 
@@ -222,7 +329,12 @@ class Tx:
         else:
             params["b_type"] = type_
             rows = self._rows(_GET_TYPED, params)
-        return _load(rows[0][0]) if rows else None
+        if not rows:
+            return None
+        obj = _load(rows[0][0])
+        if not obj.get("metadata"):
+            self._bare.add(object_id)
+        return obj
 
     def insert(
         self,
@@ -231,8 +343,15 @@ class Tx:
         *,
         ref: str | None = None,
         status: str | None = None,
-    ) -> None:
-        """Store a new object; `status` overrides the column an object's own status fills."""
+        body: str | None = None,
+    ) -> str | None:
+        """Store a new object; `status` overrides the column an object's own status fills.
+
+        `body` is `obj` as JSON, when the caller has it already. Returns the JSON stored,
+        which is `obj` as it is now (None from a view that serializes later).
+        """
+        if body is None:
+            body = json.dumps(obj)
         self._run(
             _INSERT,
             {
@@ -243,31 +362,40 @@ class Tx:
                 "ref": ref,
                 "status": status if status is not None else obj.get("status"),
                 "amount": _amount(obj),
-                "body": json.dumps(obj),
+                "body": body,
             },
         )
         self._touched(obj["object"])
         self._index_metadata(account_id, obj)
+        return body
 
-    def update(self, account_id: str, obj: dict[str, Any], *, ref: str | None = None) -> None:
-        """Replace an object's stored body (and its filter columns)."""
+    def update(self, account_id: str, obj: dict[str, Any], *, ref: str | None = None) -> str | None:
+        """Replace an object's stored body (and its filter columns).
+
+        Returns the JSON stored, which is `obj` as it is now (None from a view that
+        serializes later).
+        """
+        body = json.dumps(obj)
         values: dict[str, Any] = {
             "status": obj.get("status"),
             "amount": _amount(obj),
-            "body": json.dumps(obj),
+            "body": body,
             "b_id": obj["id"],
             "b_account": account_id,
         }
         if ref is not None:
             values["ref"] = ref
         self._run(_UPDATE, values)
-        self._run(_DELETE_METADATA, {"b_id": obj["id"]})
+        if obj["id"] not in self._bare:
+            self._run(_DELETE_METADATA, {"b_id": obj["id"]})
         self._touched(obj.get("object"))
         self._index_metadata(account_id, obj)
+        return body
 
     def delete(self, account_id: str, object_id: str) -> None:
         self._run(_DELETE, {"b_id": object_id, "b_account": account_id})
         self._run(_DELETE_METADATA, {"b_id": object_id})
+        self._bare.discard(object_id)
         self._endpoints.clear()
 
     def webhook_endpoints(self, account_id: str) -> list[dict[str, Any]]:
@@ -303,7 +431,9 @@ class Tx:
     def _index_metadata(self, account_id: str, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata")
         if not meta:
+            self._bare.add(obj["id"])
             return
+        self._bare.discard(obj["id"])
         self.conn.execute(
             _INSERT_METADATA,
             [
@@ -529,6 +659,180 @@ class Tx:
 
     def put_secret(self, name: str, value: bytes, created: int) -> None:
         self.conn.execute(t.cloud_secrets.insert().values(name=name, value=value, created=created))
+
+
+@dataclass
+class _Pending:
+    """An object write held back until `BatchTx.flush`."""
+
+    account_id: str
+    obj: dict[str, Any]
+    ref: str | None
+    status: str | None
+    #: the JSON body, when it was taken at once (a snapshot, such as an event)
+    body: str | None
+    insert: bool
+
+
+#: Object types written as they are when inserted (they are snapshots): the others are
+#: serialized once, at flush, as they are then.
+_SNAPSHOT_TYPES = frozenset({"event"})
+
+
+class BatchTx(Tx):
+    """A write-behind view of a transaction, for work that writes many objects at once.
+
+    Domain code runs against it unchanged. Inserts, updates and webhook deliveries are held
+    in memory and written at `flush` with one multi-row statement per kind; an object
+    inserted and then updated in the batch is written once, in its final state. Reads see
+    the held writes first (a copy, as a read from the database would give).
+
+    An object other than an event is serialized at flush, as it is then: code that changes
+    an object after inserting it calls `update` (as domain code does), so the stored state is
+    the one the row-by-row `Tx` would have stored. Events are snapshots and are serialized
+    when inserted. Nothing is written unless `flush` is called, inside the same transaction.
+    """
+
+    def __init__(self, tx: Tx) -> None:
+        super().__init__(tx.conn, tx._sqlite)
+        self._outer = tx
+        # One endpoint cache for both views of the transaction.
+        self._endpoints = tx._endpoints
+        self._pending: dict[str, _Pending] = {}
+        self._loaded: dict[str, str | None] = {}
+        self._deliveries: list[dict[str, Any]] = []
+
+    def prefetch(self, account_id: str, object_ids: Sequence[str], type_: str) -> None:
+        """Read these objects in one query, so that `get` answers them without one each."""
+        wanted = [i for i in dict.fromkeys(object_ids) if i not in self._loaded]
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = self.conn.execute(
+                _GET_MANY, {"b_account": account_id, "b_type": type_, "b_ids": chunk}
+            )
+            found = {str(r.id): str(r.body) for r in rows}
+            for object_id in chunk:
+                self._loaded[object_id] = found.get(object_id)
+
+    def get(
+        self, account_id: str, object_id: str, type_: str | None = None
+    ) -> dict[str, Any] | None:
+        pending = self._pending.get(object_id)
+        if pending is not None:
+            if pending.account_id != account_id or (
+                type_ is not None and pending.obj.get("object") != type_
+            ):
+                return None
+            return _load(pending.body or json.dumps(pending.obj))
+        if object_id in self._loaded:
+            body = self._loaded[object_id]
+            if body is None:
+                return None
+            obj = _load(body)
+            # Prefetched for one account and type: anything else is not this object.
+            return obj if type_ is None or obj.get("object") == type_ else None
+        return super().get(account_id, object_id, type_)
+
+    def insert(
+        self,
+        account_id: str,
+        obj: dict[str, Any],
+        *,
+        ref: str | None = None,
+        status: str | None = None,
+        body: str | None = None,
+    ) -> None:
+        if obj["id"] in self._pending:
+            raise ValueError(f"object {obj['id']} is inserted twice")
+        if obj["object"] not in _SNAPSHOT_TYPES:
+            body = None
+        elif body is None:
+            body = json.dumps(obj)
+        self._pending[obj["id"]] = _Pending(account_id, obj, ref, status, body, insert=True)
+        self._touched(obj["object"])
+
+    def update(self, account_id: str, obj: dict[str, Any], *, ref: str | None = None) -> None:
+        held = self._pending.get(obj["id"])
+        if held is not None and held.account_id == account_id:
+            held.obj = obj
+            held.body = json.dumps(obj) if obj.get("object") in _SNAPSHOT_TYPES else None
+            held.status = None  # as Tx.update: the status column follows the object
+            if ref is not None:
+                held.ref = ref
+        else:
+            self._pending[obj["id"]] = _Pending(account_id, obj, ref, None, None, insert=False)
+        self._loaded.pop(obj["id"], None)
+        self._touched(obj.get("object"))
+
+    def delete(self, account_id: str, object_id: str) -> None:
+        raise NotImplementedError("BatchTx holds inserts and updates only")
+
+    def insert_delivery(self, delivery: dict[str, Any]) -> None:
+        self._deliveries.append(delivery)
+        self.queued_deliveries += 1
+
+    def flush(self) -> None:
+        """Write everything held, in the order it was first written, into the transaction."""
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        metadata: list[dict[str, Any]] = []
+        updated_ids: list[dict[str, Any]] = []
+        for object_id, p in self._pending.items():
+            obj = p.obj
+            row: dict[str, Any] = {
+                "status": p.status if p.status is not None else obj.get("status"),
+                "amount": _amount(obj),
+                "body": p.body if p.body is not None else json.dumps(obj),
+            }
+            if p.insert:
+                row.update(
+                    id=object_id,
+                    account_id=p.account_id,
+                    type=obj["object"],
+                    created=obj["created"],
+                    ref=p.ref,
+                )
+                inserts.append(row)
+            else:
+                row.update(b_id=object_id, b_account=p.account_id)
+                if p.ref is not None:
+                    row["ref"] = p.ref
+                updates.append(row)
+                updated_ids.append({"b_id": object_id})
+            meta = obj.get("metadata")
+            if meta:
+                metadata.extend(
+                    {
+                        "object_id": object_id,
+                        "key": k,
+                        "account_id": p.account_id,
+                        "type": obj["object"],
+                        "value": v,
+                    }
+                    for k, v in meta.items()
+                )
+        self._run_many(_INSERT, inserts)
+        # One statement per shape: an update that sets `ref` has one more column.
+        self._run_many(_UPDATE, [u for u in updates if "ref" not in u])
+        self._run_many(_UPDATE, [u for u in updates if "ref" in u])
+        self._run_many(_DELETE_METADATA, updated_ids)
+        self._run_many(_INSERT_METADATA, metadata)
+        self._run_many(_INSERT_DELIVERY, self._deliveries)
+        self._outer.queued_deliveries += len(self._deliveries)
+        self._pending.clear()
+        self._loaded.clear()
+        self._deliveries = []
+        self.queued_deliveries = 0
+
+    def _run_many(self, stmt: Any, rows: list[dict[str, Any]]) -> None:
+        """Execute one of the prebuilt statements for many rows (of the same keys)."""
+        if not rows:
+            return
+        if self._sqlite is None:
+            self.conn.execute(stmt, rows)
+            return
+        sql, order = _sqlite_sql(stmt, tuple(rows[0]), self.conn.dialect)
+        self._sqlite.executemany(sql, [[r.get(n, fixed) for n, fixed in order] for r in rows])
 
 
 def _where_created(q: sa.Select[Any], created: dict[str, int] | None) -> sa.Select[Any]:
