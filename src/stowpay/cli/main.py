@@ -1,9 +1,10 @@
-"""`stowpay`: serve the cloud, make accounts, run the demo."""
+"""`stowpay`: serve the cloud, make accounts, run a reader, run the demo."""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -119,6 +120,220 @@ def run_cloud(db: str, host: str, port: int, log_level: str) -> None:
 def demo(db: str, port: int) -> None:
     """Run the cloud on loopback with a test account, ready for curl or the stripe client."""
     run_cloud(db, "127.0.0.1", port, "warning")
+
+
+# --- the reader --------------------------------------------------------------------------------
+
+DEFAULT_READER = "http://127.0.0.1:4300"
+
+
+@main.group()
+def reader() -> None:
+    """The smart reader: run one, ask it how it is, check its vault."""
+
+
+def _logs_to_stderr() -> None:
+    from .. import logs
+
+    # Log lines go to stderr, so `--json` output on stdout stays machine-readable.
+    logs.configure("warning")
+
+
+@reader.command("run")
+@click.option("--cloud", "cloud_url", required=True, help="The cloud's URL.")
+@click.option(
+    "--data",
+    "data_dir",
+    default="stowpay-reader",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The reader's data directory (identity, history, vault).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=4300, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--device-type", default="simulated_wisepos_e", show_default=True)
+@click.option("--registration-code", default=None, help="Use this code instead of asking one.")
+@click.option(
+    "--unattended-forwarding",
+    is_flag=True,
+    help="Forward stored payments with the device key alone when no POS is connected.",
+)
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
+def reader_run(
+    cloud_url: str,
+    data_dir: Path,
+    host: str,
+    port: int,
+    device_type: str,
+    registration_code: str | None,
+    unattended_forwarding: bool,
+    log_level: str,
+) -> None:
+    """Run a reader: register, heartbeat, serve the LAN API, forward (Ctrl-C stops it)."""
+    from ..reader.daemon import DaemonError, ReaderConfig, run_reader
+
+    config = ReaderConfig(
+        cloud_url=cloud_url,
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        device_type=device_type,
+        registration_code=registration_code,
+        unattended_forwarding=unattended_forwarding,
+        log_level=log_level,
+    )
+    try:
+        run_reader(config)
+    except DaemonError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@reader.command("status")
+@click.option("--reader", "reader_url", default=None, help=f"A running reader [{DEFAULT_READER}].")
+@click.option(
+    "--data",
+    "data_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="A stopped reader's data directory.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def reader_status(reader_url: str | None, data_dir: Path | None, as_json: bool) -> None:
+    """Network, offline backlog, next retry and quarantined records of a reader."""
+    from ..reader.daemon import OperatorError, fetch_status, status_from_directory
+    from ..wire.clock import SystemClock
+
+    if reader_url is not None and data_dir is not None:
+        raise click.UsageError("give --reader or --data, not both")
+    _logs_to_stderr()
+    try:
+        if data_dir is not None:
+            status = status_from_directory(data_dir, clock=SystemClock())
+        else:
+            status = fetch_status(reader_url or DEFAULT_READER)
+    except OperatorError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(status, indent=2, sort_keys=True))
+        return
+    _print_reader_status(status)
+
+
+def _print_reader_status(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    offline = status.get("offline") or {}
+    amounts = offline.get("amounts") or {}
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    rows: list[tuple[str, str]] = []
+    if not status.get("registered"):
+        rows.append(("registration code", str(status.get("registration_code") or "-")))
+    rows += [
+        ("reader", str(status.get("reader") or "-")),
+        ("account", str(status.get("account") or "-")),
+        ("location", str(status.get("location") or "-")),
+        ("network", str(status.get("network") or "-")),
+        ("offline enabled", "yes" if status.get("offline_enabled") else "no"),
+        ("stored payments", str(offline.get("count", "-"))),
+        (
+            "amounts",
+            ", ".join(f"{total} {cur}" for cur, total in sorted(amounts.items())) or "-",
+        ),
+        ("oldest record age", _age(offline.get("oldest_age"))),
+        ("next retry", _when(offline.get("next_retry_at"))),
+        ("quarantined", str(offline.get("quarantined", "-"))),
+        ("connected POS", str(status.get("connected_pos") or "-")),
+    ]
+    error = offline.get("last_error")
+    if isinstance(error, dict):
+        rows.append(("last forwarding error", f"{error.get('code')}: {error.get('message')}"))
+    for name, value in rows:
+        table.add_row(name, value)
+    Console(highlight=False, soft_wrap=True).print(table)
+
+
+def _age(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    value = float(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if value >= size:
+            return f"{value / size:.1f}{unit}"
+    return f"{value:.0f}s"
+
+
+def _when(at: object) -> str:
+    if not isinstance(at, int | float):
+        return "-"
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(float(at), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@reader.command("forward-now")
+@click.option("--reader", "reader_url", default=DEFAULT_READER, show_default=True)
+def reader_forward_now(reader_url: str) -> None:
+    """Ask a running reader to forward its stored payments now."""
+    from ..reader.daemon import OperatorError, request_forward
+
+    _logs_to_stderr()
+    try:
+        answer = request_forward(reader_url)
+    except OperatorError as exc:
+        raise click.ClickException(str(exc)) from None
+    if answer.get("started"):
+        click.echo("Forwarding started.")
+    else:
+        click.echo("The reader is not registered yet: nothing to forward.")
+
+
+@reader.group("vault")
+def reader_vault() -> None:
+    """The reader's offline vault."""
+
+
+@reader_vault.command("verify")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The reader's data directory.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def reader_vault_verify(data_dir: Path, as_json: bool) -> None:
+    """Check every record's MAC and link, without decrypting anything (exit 1 on findings)."""
+    from ..reader.daemon import OperatorError, verify_vault
+    from ..wire.clock import SystemClock
+
+    _logs_to_stderr()
+    try:
+        report = verify_vault(data_dir, clock=SystemClock())
+    except OperatorError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        click.echo(
+            f"Checked {report.checked} records: {report.valid} valid "
+            f"(sequences up to {report.head_sequence})."
+        )
+        for finding in report.findings:
+            where = "" if finding.sequence is None else f" #{finding.sequence}"
+            click.echo(f"  {finding.kind}{where}: {finding.detail}")
+        for held in report.quarantined:
+            click.echo(f"  quarantined #{held.sequence}: {held.kind}: {held.detail}")
+        click.echo("OK" if report.ok else "FINDINGS: see above")
+    if not report.ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

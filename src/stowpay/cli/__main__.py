@@ -1,0 +1,5 @@
+"""`python -m stowpay.cli`: the `stowpay` command."""
+
+from . import main
+
+main()
