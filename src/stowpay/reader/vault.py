@@ -141,6 +141,15 @@ _ID = re.compile(r"[A-Za-z0-9_\-]{1,255}")
 _CURRENCY = re.compile(r"[a-z]{3}")
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2})*")
 # Runs of 13-19 digits, possibly in groups split by one space or dash: how a PAN gets typed.
+#: Receipt fields that carry the chip's own hex values (see `_prepare`).
+RECEIPT_CHIP_FIELDS = frozenset(
+    {
+        "application_cryptogram",
+        "dedicated_file_name",
+        "terminal_verification_results",
+        "transaction_status_information",
+    }
+)
 _DIGIT_RUN = re.compile(r"\d(?:[ \-]?\d){12,18}(?!\d)")
 _SQLITE_FULL = 13
 _SQLITE_BUSY = 5
@@ -1957,12 +1966,19 @@ def _prepare(payment: OfflinePayment) -> tuple[bytes, CardDisplay, str]:
     except (TypeError, ValueError) as exc:
         raise VaultInputError("receipt details must be JSON values") from exc
     metadata_text = json.dumps(metadata, sort_keys=True, separators=(",", ":"))
+    # A receipt's chip values (cryptogram, AID, TVR, TSI) are hex from the card: one in a few
+    # thousand is all digits and passes Luhn by chance, so they are checked for this card's
+    # number only. Everything else gets the full check, which also catches other numbers.
+    chip = {k: v for k, v in receipt.items() if k in RECEIPT_CHIP_FIELDS and isinstance(v, str)}
+    free = {k: v for k, v in receipt.items() if k not in chip}
     shown_text = json.dumps(
-        [card.brand, card.cardholder_name, card.read_method, receipt, p.description]
+        [card.brand, card.cardholder_name, card.read_method, free, p.description]
     )
     for text in (metadata_text, shown_text):
         if _looks_like_pan(text, number):
             raise VaultInputError("a card number must not appear outside the sealed card data")
+    if any(number in v for v in chip.values()):
+        raise VaultInputError("a card number must not appear outside the sealed card data")
     display = CardDisplay(
         brand=card.brand,
         last4=number[-4:],
