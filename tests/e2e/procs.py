@@ -299,12 +299,13 @@ def restart_reader(site: Site, data: Path, *extra: str) -> tuple[Process, str]:
     return reader, f"http://127.0.0.1:{port}"
 
 
-def wait_drained(url: str, timeout: float = 120.0, quarantined: int = 0) -> dict[str, Any]:
-    """Wait until the reader at `url` holds nothing to forward; its status."""
+def wait_drained(url: str, timeout: float = 120.0, left: int = 0) -> dict[str, Any]:
+    """Wait until the reader at `url` is idle holding `left` records (quarantined ones); its
+    status."""
     status: dict[str, Any] = wait_for(
         "the reader's backlog to drain",
         lambda: (
-            (s := httpx.get(url + "/v1/status").json())["offline"]["count"] == quarantined
+            (s := httpx.get(url + "/v1/status").json())["offline"]["count"] == left
             and not s["offline"]["forwarding"]
             and s
         ),

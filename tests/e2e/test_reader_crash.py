@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import random
 import signal
 import sqlite3
@@ -203,7 +204,7 @@ def _child_rounds(
             while True:
                 try:
                     line = child.lines.get(timeout=0.5)
-                except Exception:
+                except queue.Empty:
                     if child.proc.poll() is not None and child.lines.empty():
                         break
                     continue

@@ -71,6 +71,7 @@ def test_status_needs_no_session(client: TestClient, rig: Rig, shop: Shop) -> No
         "oldest_stored_at": None,
         "oldest_age": None,
         "quarantined": 0,
+        "missing": [],
         "next_retry_at": None,
         "forwarding": False,
         "last_error": None,

@@ -8,6 +8,11 @@ Every refusal is a `ReaderError` carrying a Terminal `ErrorCode`. The money rule
 `confirm`: a payment is answered "stored" only after `Vault.store` returned; once it returned,
 nothing may turn the answer into a failure (the payment will be charged).
 
+While the cloud answers, PaymentIntents are created and confirmed at the cloud (the card read
+sealed as a stored record's). A confirm whose answer is lost may have charged: a
+`prefer_online` payment is then stored under its PaymentIntent's id, and the cloud settles the
+forwarded record against that PaymentIntent without charging twice (`docs/reader-protocol.md`).
+
 Events go to subscribers (the LAN server's SSE streams) as ``(name, data)``:
 ``offline_status``, ``payment_intent_forwarded``, ``forwarding_failure`` and
 ``connection_token_request`` (the forwarder asking the connected POS for a token).
@@ -32,20 +37,24 @@ from .. import __version__
 from ..wire.clock import Clock
 from ..wire.terminal_codes import ErrorCode, message_for
 from .cloud_link import (
+    CloudDeclined,
     CloudLink,
     CloudRefused,
     CloudUnreachable,
     DeviceDescription,
     ForwardOutcome,
+    OnlinePayment,
     ReaderContext,
     RegistrationCode,
 )
 from .forwarder import Forwarder, ForwardingError, TokenUnavailable
+from .online import seal_for_online
 from .presentment import CardReading, Presentment, card_present_details, read_card
 from .rules import RuleError, check_amount, check_card, check_connect_offline, check_stored
 from .state import CachedContext, Identity, ReaderState, StateError
 from .vault import (
     CAPTURE_METHODS,
+    FindingKind,
     OfflinePayment,
     SealingKey,
     StoredPayment,
@@ -65,6 +74,10 @@ OFFLINE_BEHAVIORS = frozenset({"prefer_online", "require_online", "force_offline
 TOKEN_WAIT = 10.0
 #: A code given on the command line has no known expiry; the cloud keeps codes 24 h.
 _GIVEN_CODE_LIFETIME = 86400.0
+#: States in which a card may be collected for an intent.
+_COLLECTABLE = ("requires_payment_method", "requires_confirmation")
+#: States of a charged intent (a confirm again answers it as it is).
+_CHARGED = ("succeeded", "requires_capture")
 #: Intents kept in memory (open ones, and confirmed ones so a retried confirm gets the same
 #: answer rather than a second payment).
 _MAX_INTENTS = 1000
@@ -84,6 +97,8 @@ class ReaderError(Exception):
         *,
         param: str | None = None,
         api_code: str | None = None,
+        decline_code: str | None = None,
+        payment_intent: Mapping[str, Any] | None = None,
     ) -> None:
         text = message or message_for(code)
         super().__init__(text)
@@ -92,6 +107,10 @@ class ReaderError(Exception):
         self.param = param
         #: the cloud's error code, when the cloud refused
         self.api_code = api_code
+        #: the issuer's reason, for an online decline (`DECLINED_BY_STRIPE_API`)
+        self.decline_code = decline_code
+        #: the PaymentIntent as it is after an online decline
+        self.payment_intent = payment_intent
 
     @classmethod
     def from_rule(cls, exc: RuleError) -> ReaderError:
@@ -101,6 +120,23 @@ class ReaderError(Exception):
 
 def _invalid(message: str, param: str | None = None) -> ReaderError:
     return ReaderError(ErrorCode.INVALID_REQUIRED_PARAMETER, message, param=param)
+
+
+def _unheld(pi: Mapping[str, Any]) -> dict[str, Any]:
+    """A cloud's PaymentIntent the reader holds no intent for, as the LAN API serves one."""
+    return dict(pi) | {"local_id": None, "offline_behavior": None, "offline_details": None}
+
+
+def _from_cloud(exc: CloudRefused, what: str) -> ReaderError:
+    """A cloud's refusal of an online call: a bad parameter, or the API's error."""
+    code = ErrorCode.INVALID_REQUIRED_PARAMETER if exc.status == 400 else ErrorCode.STRIPE_API_ERROR
+    param = exc.error.get("param")
+    return ReaderError(
+        code,
+        f"{what}: {exc.message}",
+        param=param if isinstance(param, str) else None,
+        api_code=exc.code,
+    )
 
 
 @dataclass
@@ -117,7 +153,8 @@ class Session:
 
 @dataclass
 class LocalIntent:
-    """A PaymentIntent made on the reader (offline: it has no cloud id until forwarded)."""
+    """A PaymentIntent made on the reader: online, the cloud's (`payment_intent`); offline, a
+    local one with no cloud id until forwarded."""
 
     local_id: str
     account: str
@@ -133,9 +170,26 @@ class LocalIntent:
     reading: CardReading | None = field(default=None, repr=False)
     details: dict[str, Any] | None = None
     stored: StoredPayment | None = field(default=None, repr=False)
+    #: the cloud's PaymentIntent as last seen, for one created online
+    payment_intent: dict[str, Any] | None = None
+
+    @property
+    def id(self) -> str | None:
+        """The cloud's id (`pi_...`), for one created online; None offline."""
+        return None if self.payment_intent is None else str(self.payment_intent["id"])
 
     def as_dict(self) -> dict[str, Any]:
-        """The intent as the LAN API serves it (no `payment_method` offline)."""
+        """The intent as the LAN API serves it: the cloud's PaymentIntent while online; the
+        local one (no `payment_method`) offline, and once stored offline."""
+        if self.payment_intent is not None and self.stored is None:
+            answer = dict(self.payment_intent)
+            answer.update(
+                local_id=self.local_id,
+                offline_behavior=self.offline_behavior,
+                status=self.status,
+                offline_details=None,
+            )
+            return answer
         offline: dict[str, Any] | None = None
         if self.details is not None:
             offline = {
@@ -145,7 +199,7 @@ class LocalIntent:
             }
         capturable = self.amount if self.status == "requires_capture" else 0
         return {
-            "id": None,
+            "id": self.id,
             "object": "payment_intent",
             "local_id": self.local_id,
             "amount": self.amount,
@@ -186,6 +240,7 @@ class ReaderCore:
         software_version: str = __version__,
         network_id: Callable[[], str | None] = lambda: None,
         ip_address: Callable[[], str | None] = lambda: None,
+        lan_url: Callable[[], str | None] = lambda: None,
         unattended_forwarding: bool = False,
         registration_code: str | None = None,
         on_registration_code: Callable[[str], None] | None = None,
@@ -201,6 +256,7 @@ class ReaderCore:
         self.software_version = software_version
         self._network_id = network_id
         self._ip_address = ip_address
+        self._lan_url = lan_url
         self._given_code = registration_code
         self._on_code = on_registration_code
         self._shown_code: str | None = None
@@ -344,13 +400,24 @@ class ReaderCore:
             identity = self.state.identity
             if identity is None:
                 return None
+        lan_url = self._lan_url()
         try:
-            ctx = self.link.heartbeat(
-                identity.device_key,
-                status="online",
-                ip_address=self._ip_address(),
-                device_sw_version=self.software_version,
-            )
+            if lan_url is None:
+                ctx = self.link.heartbeat(
+                    identity.device_key,
+                    status="online",
+                    ip_address=self._ip_address(),
+                    device_sw_version=self.software_version,
+                )
+            else:
+                # Only when there is one: links made before discovery take no `lan_url`.
+                ctx = self.link.heartbeat(
+                    identity.device_key,
+                    status="online",
+                    ip_address=self._ip_address(),
+                    device_sw_version=self.software_version,
+                    lan_url=lan_url,
+                )
         except CloudRefused as exc:
             self.cloud_problem = f"{exc.code}: {exc.message}"
             log.warning("heartbeat_refused", code=exc.code)
@@ -584,7 +651,8 @@ class ReaderCore:
         description: str | None = None,
         offline_behavior: str = "prefer_online",
     ) -> dict[str, Any]:
-        """Create a local (offline) PaymentIntent."""
+        """Create a PaymentIntent: at the cloud when online (see `_goes_online`), else a local
+        (offline) one."""
         session = self.session(token)
         if type(amount) is not int or not 0 < amount < (1 << 53):
             raise _invalid("amount must be a positive integer in minor units", "amount")
@@ -601,13 +669,26 @@ class ReaderCore:
                 f"offline_behavior must be one of {', '.join(sorted(OFFLINE_BEHAVIORS))}",
                 "offline_behavior",
             )
-        context = self._offline_context(offline_behavior)
-        try:
-            check_amount(amount, currency, offline_currencies=None, policy=context.policy)
-        except RuleError as exc:
-            raise ReaderError.from_rule(exc) from None
+        local_id = f"pio_{self.rng.getrandbits(128):032x}"
+        created: dict[str, Any] | None = None
+        if self._goes_online(offline_behavior):
+            payment = OnlinePayment(
+                amount=amount,
+                currency=currency,
+                capture_method=capture_method,
+                metadata=dict(metadata or {}),
+                description=description,
+                local_id=local_id,
+            )
+            created = self._create_online(payment, offline_behavior)
+        if created is None:
+            context = self._offline_context(offline_behavior)
+            try:
+                check_amount(amount, currency, offline_currencies=None, policy=context.policy)
+            except RuleError as exc:
+                raise ReaderError.from_rule(exc) from None
         intent = LocalIntent(
-            local_id=f"pio_{self.rng.getrandbits(128):032x}",
+            local_id=local_id,
             account=session.account,
             amount=amount,
             currency=currency,
@@ -616,34 +697,71 @@ class ReaderCore:
             description=description,
             offline_behavior=offline_behavior,
             created=self.clock.now(),
+            payment_intent=created,
         )
+        if created is not None:
+            intent.status = str(created["status"])
         with self._lock:
             self._intents[intent.local_id] = intent
             while len(self._intents) > _MAX_INTENTS:
                 self._intents.popitem(last=False)
         return intent.as_dict()
 
+    def _goes_online(self, offline_behavior: str) -> bool:
+        """Whether a new PaymentIntent is asked of the cloud first.
+
+        `require_online` always tries (as Stripe's SDKs do, whatever the network status says);
+        `prefer_online` when the cloud was reachable at the latest check, or when the payment
+        could not be taken offline anyway; `force_offline` never.
+        """
+        if offline_behavior == "require_online":
+            return True
+        if offline_behavior != "prefer_online":
+            return False
+        context = self.state.context
+        return self._online or context is None or not context.offline_enabled
+
+    def _create_online(
+        self, payment: OnlinePayment, offline_behavior: str
+    ) -> dict[str, Any] | None:
+        """The PaymentIntent the cloud created; None when it cannot be reached (prefer_online).
+
+        Creating is safe to lose: a PaymentIntent nobody confirms is never charged.
+        """
+        identity = self.state.identity
+        if identity is None:
+            raise ReaderError(ErrorCode.MISSING_PREREQUISITE, "The reader is not registered.")
+        try:
+            return dict(self.link.create_payment_intent(identity.device_key, payment))
+        except CloudUnreachable:
+            if offline_behavior == "require_online":
+                raise ReaderError(
+                    ErrorCode.NOT_CONNECTED_TO_INTERNET_AND_REQUIRE_ONLINE_SET,
+                    "The cloud cannot be reached and the PaymentIntent requires online "
+                    "processing. Retry when online, or use prefer_online.",
+                ) from None
+            self._cloud_lost()
+            return None
+        except CloudRefused as exc:
+            raise _from_cloud(exc, "The cloud refused the PaymentIntent") from None
+
+    def _cloud_lost(self) -> None:
+        """A call found the cloud gone: check now, so status and later payments know."""
+        check = self.connectivity_check
+        if check is not None:
+            check()  # the monitor reports the change through set_online
+        else:
+            self.set_online(False)
+
     def _offline_context(self, offline_behavior: str) -> CachedContext:
         """The context an offline payment is taken under, or why none may be taken now."""
         context = self.state.context
-        online = self._online
-        if online and offline_behavior == "prefer_online" and self.connectivity_check is not None:
-            # The reader takes no online payments yet, so a cloud believed online would refuse
-            # the payment: make sure it still is (it may have gone since the last heartbeat).
-            online = self.connectivity_check()
-        if offline_behavior == "require_online" and not online:
+        if offline_behavior == "require_online":
             raise ReaderError(ErrorCode.NOT_CONNECTED_TO_INTERNET_AND_REQUIRE_ONLINE_SET)
         if offline_behavior == "force_offline":
             if context is None or not context.offline_enabled:
                 raise ReaderError(ErrorCode.FORCE_OFFLINE_WITH_FEATURE_DISABLED)
             return context
-        if online:
-            raise _invalid(
-                "Online payments through the reader are not available yet: the reader takes "
-                "payments offline only (offline_behavior=force_offline, or prefer_online while "
-                "the cloud cannot be reached).",
-                "offline_behavior",
-            )
         if context is None or not context.offline_enabled:
             raise ReaderError(
                 ErrorCode.STRIPE_API_CONNECTION_ERROR,
@@ -653,8 +771,11 @@ class ReaderCore:
         return context
 
     def _intent(self, session: Session, local_id: str) -> LocalIntent:
+        """The session's intent by its `local_id`, or by its cloud id (`pi_...`)."""
         with self._lock:
             intent = self._intents.get(local_id)
+            if intent is None and local_id.startswith("pi_"):
+                intent = next((i for i in self._intents.values() if i.id == local_id), None)
         if intent is None or intent.account != session.account:
             raise ReaderError(
                 ErrorCode.OFFLINE_PAYMENT_INTENT_NOT_FOUND,
@@ -664,16 +785,27 @@ class ReaderCore:
         return intent
 
     def collect(self, token: str | None, local_id: str, card: Presentment) -> dict[str, Any]:
-        """Read the presented card for the intent and apply the offline card rules."""
+        """Read the presented card for the intent; offline, apply the offline card rules."""
         session = self.session(token)
         intent = self._intent(session, local_id)
-        if intent.stored is not None:
-            raise _invalid("This PaymentIntent is already confirmed.", "local_id")
-        context = self.state.context
+        if intent.stored is not None or intent.status not in _COLLECTABLE:
+            raise _invalid(f"This PaymentIntent is {intent.status}.", "local_id")
         now = self.clock.now()
         reading = read_card(
             card, amount=intent.amount, currency=intent.currency, now=now, rng=self.rng
         )
+        if intent.payment_intent is None:
+            # Online, the issuer decides; a payment that falls back offline is checked then.
+            self._check_card(reading, now)
+        with self._lock:
+            intent.reading = reading
+            intent.details = card_present_details(reading.card)
+            intent.status = "requires_confirmation"
+            return intent.as_dict()
+
+    def _check_card(self, reading: CardReading, now: float) -> None:
+        """The offline card rules (`rules.check_card`), as a `ReaderError`."""
+        context = self.state.context
         day = datetime.fromtimestamp(now, UTC)
         try:
             check_card(
@@ -688,20 +820,25 @@ class ReaderCore:
             )
         except RuleError as exc:
             raise ReaderError.from_rule(exc) from None
-        with self._lock:
-            intent.reading = reading
-            intent.details = card_present_details(reading.card)
-            intent.status = "requires_confirmation"
-            return intent.as_dict()
 
     def confirm(self, token: str | None, local_id: str) -> dict[str, Any]:
-        """Store the collected payment durably, then (only then) answer that it succeeded."""
+        """Confirm the collected payment.
+
+        Created online: the cloud charges the card at once (a decline is
+        `DECLINED_BY_STRIPE_API`). When the cloud does not answer, the card may or may not
+        have been charged: a `prefer_online` payment is then stored offline under its
+        PaymentIntent's id (forwarding settles it, never charging twice); a `require_online`
+        one fails with `STRIPE_API_CONNECTION_ERROR` and may be confirmed again.
+        Created offline: stored durably, then (only then) answered as succeeded.
+        """
         session = self.session(token)
         intent = self._intent(session, local_id)
         with self._confirming:
-            if intent.stored is not None:
+            if intent.stored is not None or intent.status in _CHARGED:
                 # A retried confirm (its answer was lost): the same payment, not a second one.
                 return intent.as_dict()
+            if intent.status == "canceled":
+                raise _invalid("This PaymentIntent is canceled.", "local_id")
             reading = intent.reading
             if reading is None:
                 raise _invalid("Collect a payment method before confirming.", "local_id")
@@ -712,68 +849,184 @@ class ReaderCore:
                     ErrorCode.MISSING_PREREQUISITE,
                     "The reader has not reached the cloud since it was registered.",
                 )
-            now = self.clock.now()
-            number = reading.card.number
-            try:
-                check_amount(
-                    intent.amount, intent.currency, offline_currencies=None, policy=context.policy
-                )
-                summary = self.vault.summary()
-                check_stored(
-                    intent.amount,
-                    intent.currency,
-                    policy=context.policy,
-                    stored_count=summary.count,
-                    stored_totals=summary.amounts,
-                    oldest_stored_at=summary.oldest_stored_at,
-                    uses_of_card=self.state.card_uses(number),
-                    now=now,
-                )
-            except RuleError as exc:
-                raise ReaderError.from_rule(exc) from None
-            except VaultError as exc:
-                raise self._declined(exc) from None
-            payment = OfflinePayment(
-                account=intent.account,
-                reader=identity.reader,
-                amount=intent.amount,
-                currency=intent.currency,
-                capture_method=intent.capture_method,
-                card=reading.card,
-                metadata=intent.metadata,
-                description=intent.description,
-                local_id=intent.local_id,
-            )
-            try:
-                stored = self.vault.store(payment)
-            except VaultFullError:
-                raise ReaderError(ErrorCode.OFFLINE_PAYMENTS_DATABASE_TOO_LARGE) from None
-            except VaultInputError as exc:
-                raise _invalid(f"The payment cannot be stored as given: {exc}") from None
-            except VaultConfigError as exc:
-                raise ReaderError(
-                    ErrorCode.MISSING_PREREQUISITE,
-                    f"The reader cannot store offline payments yet: {exc}",
-                ) from None
-            except VaultError as exc:
-                raise self._declined(exc) from None
-            # Stored: from here on nothing may fail the answer.
-            with self._lock:
-                intent.stored = stored
-                intent.reading = None
-                intent.status = (
-                    "requires_capture" if intent.capture_method == "manual" else "succeeded"
-                )
-                answer = intent.as_dict()
-            try:
-                self.state.add_card_use(number, stored.sequence)
-            except StateError:
-                log.error("card_use_not_recorded", sequence=stored.sequence)
+            if intent.payment_intent is None:
+                answer, stored = self._store(intent, reading, identity, context, intent.local_id)
+            elif intent.offline_behavior == "prefer_online" and not self._online:
+                # The cloud went away since the create: offline now, under the cloud's id.
+                answer, stored = self._store_unanswered(intent, reading, identity, context)
+            else:
+                confirmed = self._confirm_online(intent, reading, identity, context)
+                if confirmed is not None:
+                    return confirmed
+                answer, stored = self._store_unanswered(intent, reading, identity, context)
         log.info("offline_payment_stored", sequence=stored.sequence, local_id=stored.local_id)
         self._emit_status()
         if self._online:
             self.forwarder.wake()
         return answer
+
+    def _confirm_online(
+        self,
+        intent: LocalIntent,
+        reading: CardReading,
+        identity: Identity,
+        context: CachedContext,
+    ) -> dict[str, Any] | None:
+        """Confirm at the cloud: the charged intent, or None when the cloud did not answer
+        a `prefer_online` one. Caller holds `_confirming`."""
+        pi_id = intent.id
+        assert pi_id is not None
+        try:
+            read = seal_for_online(
+                reading.card,
+                SealingKey.from_document(context.sealing_key),
+                account=intent.account,
+                reader=identity.reader,
+                amount=intent.amount,
+                currency=intent.currency,
+                capture_method=intent.capture_method,
+            )
+        except VaultConfigError as exc:
+            raise ReaderError(
+                ErrorCode.MISSING_PREREQUISITE, f"The cloud's sealing key is unusable: {exc}"
+            ) from None
+        except VaultInputError as exc:
+            raise _invalid(f"The card read cannot be sent as given: {exc}") from None
+        try:
+            pi = dict(
+                self.link.confirm_payment_intent(
+                    identity.device_key, pi_id, sealed=read.sealed, display=read.display
+                )
+            )
+        except CloudDeclined as exc:
+            with self._lock:
+                if exc.payment_intent is not None:
+                    intent.payment_intent = dict(exc.payment_intent)
+                intent.status = "requires_payment_method"
+                intent.reading = None
+                intent.details = None
+                declined = intent.as_dict()
+            log.info("online_payment_declined", payment_intent=pi_id, decline=exc.decline_code)
+            raise ReaderError(
+                ErrorCode.DECLINED_BY_STRIPE_API,
+                exc.message,
+                api_code=exc.code,
+                decline_code=exc.decline_code,
+                payment_intent=declined,
+            ) from None
+        except CloudRefused as exc:
+            raise _from_cloud(exc, "The cloud refused the confirm") from None
+        except CloudUnreachable:
+            log.warning("online_confirm_unanswered", payment_intent=pi_id)
+            if intent.offline_behavior == "require_online":
+                raise ReaderError(
+                    ErrorCode.STRIPE_API_CONNECTION_ERROR,
+                    "The cloud did not answer the confirm, so whether the card was charged is "
+                    "unknown. Confirm again once online (a charged PaymentIntent answers as "
+                    "charged, never twice), or cancel it.",
+                ) from None
+            return None
+        with self._lock:
+            intent.payment_intent = pi
+            intent.status = str(pi["status"])
+            intent.reading = None
+            answer = intent.as_dict()
+        log.info("online_payment_confirmed", payment_intent=pi_id, status=intent.status)
+        return answer
+
+    def _store_unanswered(
+        self,
+        intent: LocalIntent,
+        reading: CardReading,
+        identity: Identity,
+        context: CachedContext,
+    ) -> tuple[dict[str, Any], StoredPayment]:
+        """Keep offline a payment created online whose confirm went unanswered (or could not
+        be sent), under its PaymentIntent's id: forwarding then confirms that PaymentIntent or
+        answers how a lost confirm ended, never a second charge (`docs/reader-protocol.md`)."""
+        pi_id = intent.id
+        assert pi_id is not None
+        try:
+            if not context.offline_enabled:
+                raise ReaderError(
+                    ErrorCode.STRIPE_API_CONNECTION_ERROR, "Offline payments are not enabled."
+                )
+            self._check_card(reading, self.clock.now())
+            return self._store(intent, reading, identity, context, pi_id)
+        except ReaderError as exc:
+            exc.message = (
+                "The payment could not be confirmed online and cannot be kept offline: "
+                f"{exc.message} Confirm again once online (a PaymentIntent charged already "
+                "answers as charged, never twice), or cancel it."
+            )
+            exc.args = (exc.message,)
+            raise
+
+    def _store(
+        self,
+        intent: LocalIntent,
+        reading: CardReading,
+        identity: Identity,
+        context: CachedContext,
+        local_id: str,
+    ) -> tuple[dict[str, Any], StoredPayment]:
+        """Apply the offline limits and store the payment; caller holds `_confirming`."""
+        now = self.clock.now()
+        number = reading.card.number
+        try:
+            check_amount(
+                intent.amount, intent.currency, offline_currencies=None, policy=context.policy
+            )
+            summary = self.vault.summary()
+            check_stored(
+                intent.amount,
+                intent.currency,
+                policy=context.policy,
+                stored_count=summary.count,
+                stored_totals=summary.amounts,
+                oldest_stored_at=summary.oldest_stored_at,
+                uses_of_card=self.state.card_uses(number),
+                now=now,
+            )
+        except RuleError as exc:
+            raise ReaderError.from_rule(exc) from None
+        except VaultError as exc:
+            raise self._declined(exc) from None
+        payment = OfflinePayment(
+            account=intent.account,
+            reader=identity.reader,
+            amount=intent.amount,
+            currency=intent.currency,
+            capture_method=intent.capture_method,
+            card=reading.card,
+            metadata=intent.metadata,
+            description=intent.description,
+            local_id=local_id,
+        )
+        try:
+            stored = self.vault.store(payment)
+        except VaultFullError:
+            raise ReaderError(ErrorCode.OFFLINE_PAYMENTS_DATABASE_TOO_LARGE) from None
+        except VaultInputError as exc:
+            raise _invalid(f"The payment cannot be stored as given: {exc}") from None
+        except VaultConfigError as exc:
+            raise ReaderError(
+                ErrorCode.MISSING_PREREQUISITE,
+                f"The reader cannot store offline payments yet: {exc}",
+            ) from None
+        except VaultError as exc:
+            raise self._declined(exc) from None
+        # Stored: from here on nothing may fail the answer.
+        with self._lock:
+            intent.stored = stored
+            intent.reading = None
+            intent.status = "requires_capture" if intent.capture_method == "manual" else "succeeded"
+            answer = intent.as_dict()
+        try:
+            self.state.add_card_use(number, stored.sequence)
+        except StateError:
+            log.error("card_use_not_recorded", sequence=stored.sequence)
+        return answer, stored
 
     def _declined(self, exc: VaultError) -> ReaderError:
         kind = "a write failed" if isinstance(exc, VaultWriteError) else type(exc).__name__
@@ -783,6 +1036,99 @@ class ReaderCore:
             f"The reader could not store the payment ({kind}); it is declined and nothing "
             "was kept. Try again, or take another form of payment.",
         )
+
+    def cancel_payment_intent(self, token: str | None, intent_id: str) -> dict[str, Any]:
+        """Cancel an intent not yet charged: at the cloud for one created online (a `pi_` id
+        the reader no longer holds is asked of the cloud too), locally for an offline one."""
+        session = self.session(token)
+        try:
+            intent: LocalIntent | None = self._intent(session, intent_id)
+        except ReaderError:
+            if not intent_id.startswith("pi_"):
+                raise
+            intent = None
+        if intent is None:
+            return _unheld(self._cloud_call("cancel", intent_id))
+        with self._confirming:
+            if intent.stored is not None:
+                raise _invalid(
+                    "This payment is stored on the reader and will be forwarded; cancel its "
+                    "PaymentIntent from the backend once forwarded.",
+                    "local_id",
+                )
+            if intent.status == "canceled":
+                return intent.as_dict()
+            if intent.id is not None:
+                pi = dict(self._cloud_call("cancel", intent.id))
+                with self._lock:
+                    intent.payment_intent = pi
+                    intent.status = str(pi["status"])
+                    intent.reading = None
+                    return intent.as_dict()
+            with self._lock:
+                intent.status = "canceled"
+                intent.reading = None
+                return intent.as_dict()
+
+    def capture_payment_intent(
+        self, token: str | None, intent_id: str, *, amount_to_capture: int | None = None
+    ) -> dict[str, Any]:
+        """Capture an authorized PaymentIntent at the cloud: one confirmed online, or one
+        stored offline once forwarded (`requires_upload` false)."""
+        session = self.session(token)
+        try:
+            intent: LocalIntent | None = self._intent(session, intent_id)
+        except ReaderError:
+            intent = None
+        if intent is not None and intent.stored is not None:
+            raise _invalid(
+                "This payment is still stored on the reader: capture it once it is forwarded "
+                "(requires_upload false).",
+                "local_id",
+            )
+        pi_id = intent.id if intent is not None else intent_id
+        if pi_id is None or not pi_id.startswith("pi_"):
+            raise ReaderError(
+                ErrorCode.OFFLINE_PAYMENT_INTENT_NOT_FOUND,
+                f"No PaymentIntent {intent_id!r} to capture: an offline one is captured by its "
+                "cloud id once forwarded.",
+                param="local_id",
+            )
+        pi = dict(self._cloud_call("capture", pi_id, amount_to_capture=amount_to_capture))
+        if intent is not None:
+            with self._lock:
+                intent.payment_intent = pi
+                intent.status = str(pi["status"])
+                return intent.as_dict()
+        return _unheld(pi)
+
+    def _cloud_call(
+        self, action: str, pi_id: str, *, amount_to_capture: int | None = None
+    ) -> Mapping[str, Any]:
+        """Cancel or capture at the cloud, its failures as `ReaderError`s."""
+        identity = self.state.identity
+        if identity is None:
+            raise ReaderError(ErrorCode.MISSING_PREREQUISITE, "The reader is not registered.")
+        try:
+            if action == "cancel":
+                return self.link.cancel_payment_intent(identity.device_key, pi_id)
+            return self.link.capture_payment_intent(
+                identity.device_key, pi_id, amount_to_capture=amount_to_capture
+            )
+        except CloudUnreachable:
+            raise ReaderError(
+                ErrorCode.STRIPE_API_CONNECTION_ERROR,
+                f"The cloud cannot be reached to {action} the PaymentIntent; try again online.",
+            ) from None
+        except CloudRefused as exc:
+            if exc.status == 404:
+                raise ReaderError(
+                    ErrorCode.OFFLINE_PAYMENT_INTENT_NOT_FOUND,
+                    f"The cloud has no PaymentIntent {pi_id!r} for this account.",
+                    param="local_id",
+                    api_code=exc.code,
+                ) from None
+            raise _from_cloud(exc, f"The cloud refused to {action} the PaymentIntent") from None
 
     # -- forwarding ----------------------------------------------------------------------------
 
@@ -839,6 +1185,10 @@ class ReaderCore:
             log.error("card_use_not_forgotten", sequence=record.sequence)
         with self._lock:
             self._intents.pop(record.local_id, None)
+            if record.local_id.startswith("pi_"):
+                # Created online, kept offline: the reader knows it by its own local id.
+                for key in [k for k, i in self._intents.items() if i.id == record.local_id]:
+                    del self._intents[key]
         self._emit(
             "payment_intent_forwarded",
             {
@@ -909,7 +1259,18 @@ class ReaderCore:
             "oldest_stored_at": oldest,
             "oldest_age": None if oldest is None else max(now - oldest, 0.0),
             "quarantined": summary.quarantined,
+            # Deleted records have no row to quarantine: report the gaps the vault's check at
+            # open found, or nobody watching the reader would hear of them.
+            "missing": self._missing_sequences(),
         }
+
+    def _missing_sequences(self) -> list[int]:
+        report = self.vault.last_report
+        if report is None:
+            return []
+        return sorted(
+            f.sequence for f in report.of_kind(FindingKind.MISSING) if f.sequence is not None
+        )
 
     def subscribe(self, token: str | None, deliver: Deliver) -> Callable[[], None]:
         """Send this session's events to `deliver` (None ends the stream); returns unsubscribe.
