@@ -5,8 +5,8 @@
 A bare ASGI callable under uvicorn (uvloop + httptools when installed). It does no auth, no
 parsing and no storage: `POST /v1/payment_intents` answers a PaymentIntent in
 `requires_confirmation`, `.../confirm` one in `requires_capture`, `.../capture` one in
-`succeeded`. The bodies have the same fields and layout (2-space indented JSON) as Stowpay's
-answers, so the client spends the same effort decoding them.
+`succeeded`. The bodies have the same fields and layout (one-line JSON, `json.dumps`' default
+separators) as Stowpay's answers, so the client spends the same effort decoding them.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _payment_intent(status: str) -> bytes:
         "transfer_data": None,
         "transfer_group": None,
     }
-    return json.dumps(pi, indent=2).encode()
+    return json.dumps(pi).encode()
 
 
 CREATED = _payment_intent("requires_confirmation")

@@ -32,6 +32,8 @@ class Context:
     settings: Any = None
     #: set by handlers that wrote events, so the webhook dispatcher wakes at once
     wrote_events: bool = False
+    #: the object a handler answers with and its JSON, when it has that already
+    answer: tuple[dict[str, Any], str] | None = None
 
     @property
     def account_id(self) -> str:
@@ -39,6 +41,13 @@ class Context:
 
     def now(self) -> int:
         return int(self.clock.now())
+
+    def answered(self, obj: dict[str, Any], stored: str | None) -> dict[str, Any]:
+        """Answer with `obj`, whose JSON `stored` is (as `Tx.insert` or `Tx.update` just
+        returned it): the answer then reuses that text. `obj` must not change after this."""
+        if stored is not None:
+            self.answer = (obj, stored)
+        return obj
 
 
 @dataclass(frozen=True)

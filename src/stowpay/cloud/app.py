@@ -32,6 +32,7 @@ from ..wire.errors import (
 )
 from .api import Context, Operation, api
 from .domain.accounts import key_hash
+from .domain.events import public_json
 from .expand import expand
 from .params import validate
 from .settings import API_VERSION, Settings
@@ -222,7 +223,7 @@ class Cloud:
                 result = op.handler(ctx, params, **path_params)
                 if expand_paths:
                     result = expand(tx, account["id"], result, expand_paths)
-                status, body = 200, _dumps(result)
+                status, body = 200, _answer_body(ctx, result)
             except StripeError as err:
                 if not err.keeps_effects:
                     raise
@@ -302,14 +303,25 @@ def _mask(key: str) -> str:
 
 #: Built once: `json.dumps` with non-default options builds an encoder on every call.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
-#: Answers are compact JSON: the C encoder writes it (an indented answer is encoded in pure
-#: Python, which cost more than a request's SQL).
-_ANSWER = json.JSONEncoder(separators=(",", ":"))
+#: Answers are JSON in `json.dumps`' default layout, on one line: the C encoder writes it (an
+#: indented answer is encoded in pure Python, which cost more than a request's SQL), and it is
+#: the layout objects are stored in, so a stored object's text can be the answer.
+_ANSWER = json.JSONEncoder()
 
 
 def _fingerprint(op: Operation, path: str, raw: dict[str, Any], expand_paths: Any) -> str:
     canonical = _CANONICAL.encode([op.method, path, raw, expand_paths])
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _answer_body(ctx: Context, result: dict[str, Any]) -> bytes:
+    """The JSON answer for a handler's result: the text it was stored as, when the handler
+    said so (`Context.answered`) and it has no private keys, or else serialized now."""
+    if ctx.answer is not None and ctx.answer[0] is result:
+        served = public_json(result, ctx.answer[1])
+        if served is not None:
+            return served.encode()
+    return _dumps(result)
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:

@@ -48,6 +48,13 @@ def decode(data: bytes | str) -> dict[str, Any]:
         if "\x00" in key or "\x00" in value:
             # No field means it, and PostgreSQL cannot store it in text.
             raise InvalidRequestError(NUL_MESSAGE, param=key.split("[")[0])
+        if key and "[" not in key and "]" not in key:
+            # A plain name (most parameters): what `_put` does for it, without its parsing.
+            existing = root.get(key)
+            if existing is not None and not isinstance(existing, str):
+                raise _mixed(key)
+            root[key] = value
+            continue
         _put(root, key, value)
     return _finish(root)  # type: ignore[no-any-return]
 

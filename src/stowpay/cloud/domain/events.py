@@ -14,6 +14,29 @@ def public(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if not k.startswith("_")}
 
 
+def public_json(obj: dict[str, Any], stored: str) -> str | None:
+    """`json.dumps(public(obj))`, cut from `stored` (which is `json.dumps(obj)`); None when
+    it cannot be cut that way.
+
+    A private key is written `"_...`, so JSON without that sequence has none. When the
+    private keys are the object's last keys and nothing deeper is private (a charge's
+    `_test`), the served JSON is `stored` without its last items.
+    """
+    if '"_' not in stored:
+        return stored
+    keys = list(obj)
+    first = len(keys)
+    while first > 0 and keys[first - 1].startswith("_"):
+        first -= 1
+    if first == len(keys) or first == 0:
+        return None
+    tail = "".join(f", {json.dumps(k)}: {json.dumps(obj[k])}" for k in keys[first:]) + "}"
+    if not stored.endswith(tail):
+        return None
+    served = stored[: -len(tail)] + "}"
+    return served if '"_' not in served else None
+
+
 def emit(
     ctx: Context,
     type_: str,
@@ -30,10 +53,8 @@ def emit(
     `obj`): the event then embeds that text instead of serializing the object again.
     """
     endpoints = _listening(ctx, type_)
-    # An object with private keys (`"_...` in its JSON) is served without them, so its
-    # stored JSON is not what the event serves.
-    reuse = stored is not None and '"_' not in stored
-    data: dict[str, Any] = {"object": _OBJECT if reuse else public(obj)}
+    served = None if stored is None else public_json(obj, stored)
+    data: dict[str, Any] = {"object": public(obj) if served is None else _OBJECT}
     if previous_attributes is not None:
         data["previous_attributes"] = previous_attributes
     event = {
@@ -48,12 +69,12 @@ def emit(
         "type": type_,
     }
     body = None
-    if reuse:
-        assert stored is not None
+    if served is not None:
         # The placeholder is the first string after four fixed fields: replacing its first
         # occurrence cannot touch anything a client sent.
-        body = json.dumps(event).replace(_OBJECT_JSON, stored, 1)
-        data["object"] = public(obj)
+        body = json.dumps(event).replace(_OBJECT_JSON, served, 1)
+        # Nothing private anywhere when the text served is the text stored: a plain copy.
+        data["object"] = dict(obj) if served is stored else public(obj)
     ctx.tx.insert(ctx.account_id, event, ref=obj.get("id"), status=type_, body=body)
     for endpoint in endpoints:
         ctx.tx.insert_delivery(

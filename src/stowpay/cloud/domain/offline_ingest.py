@@ -176,6 +176,11 @@ def _ingest_one(
         # Refused before anything is made for it: no PaymentMethod, no sequence noted.
         return Outcome(p.sequence, "rejected", None, exc.to_body()["error"], replayed=False)
     _note_sequence(seq_state, p.sequence)
+    if p.local_id.startswith("pi_"):
+        # Created online, stored when its confirm went unanswered: the cloud may have charged.
+        from .device_payments import settle_forwarded
+
+        return settle_forwarded(ctx, reader, p, card, number)
     pm = _card_present_method(ctx, reader, p, card, number)
     del number, card, plain
     fields = {

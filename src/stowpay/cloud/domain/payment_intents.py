@@ -143,7 +143,7 @@ def create(
     emit(ctx, "payment_intent.created", pi, stored=stored)
     if confirm:
         return do_confirm(ctx, pi, pm)
-    return pi
+    return ctx.answered(pi, stored)
 
 
 def update(ctx: Context, pi: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
@@ -183,7 +183,7 @@ def update(ctx: Context, pi: dict[str, Any], fields: dict[str, Any]) -> dict[str
     stored = ctx.tx.update(ctx.account_id, pi)
     if previous:
         emit(ctx, "payment_intent.updated", pi, previous, stored=stored)
-    return pi
+    return ctx.answered(pi, stored)
 
 
 def confirm(
@@ -247,14 +247,14 @@ def do_confirm(
         pi.update(
             status="requires_capture", amount_capturable=pi["amount"], last_payment_error=None
         )
-    ctx.tx.insert(ctx.account_id, charge, ref=pi["id"])
+    charge_json = ctx.tx.insert(ctx.account_id, charge, ref=pi["id"])
     stored = ctx.tx.update(ctx.account_id, pi)
-    emit(ctx, "charge.succeeded", charge)
+    emit(ctx, "charge.succeeded", charge, stored=charge_json)
     if pi["status"] == "succeeded":
         emit(ctx, "payment_intent.succeeded", pi, stored=stored)
     else:
         emit(ctx, "payment_intent.amount_capturable_updated", pi, stored=stored)
-    return pi
+    return ctx.answered(pi, stored)
 
 
 def _decline(
@@ -274,9 +274,9 @@ def _decline(
         "type": "card_error",
     }
     pi.update(status="requires_payment_method", payment_method=None, last_payment_error=error)
-    ctx.tx.insert(ctx.account_id, charge, ref=pi["id"])
+    charge_json = ctx.tx.insert(ctx.account_id, charge, ref=pi["id"])
     stored = ctx.tx.update(ctx.account_id, pi)
-    emit(ctx, "charge.failed", charge)
+    emit(ctx, "charge.failed", charge, stored=charge_json)
     emit(ctx, "payment_intent.payment_failed", pi, stored=stored)
     raise CardError(
         str(decision.message),
@@ -410,11 +410,11 @@ def capture(ctx: Context, pi: dict[str, Any], amount_to_capture: int | None) -> 
     assert charge is not None
     pi.update(status="succeeded", amount_received=amount, amount_capturable=0)
     charge.update(captured=True, amount_captured=amount)
-    ctx.tx.update(ctx.account_id, charge)
+    charge_json = ctx.tx.update(ctx.account_id, charge)
     stored = ctx.tx.update(ctx.account_id, pi)
-    emit(ctx, "charge.captured", charge)
+    emit(ctx, "charge.captured", charge, stored=charge_json)
     emit(ctx, "payment_intent.succeeded", pi, stored=stored)
-    return pi
+    return ctx.answered(pi, stored)
 
 
 def cancel(ctx: Context, pi: dict[str, Any], reason: str | None) -> dict[str, Any]:
@@ -431,7 +431,7 @@ def cancel(ctx: Context, pi: dict[str, Any], reason: str | None) -> dict[str, An
     )
     stored = ctx.tx.update(ctx.account_id, pi)
     emit(ctx, "payment_intent.canceled", pi, stored=stored)
-    return pi
+    return ctx.answered(pi, stored)
 
 
 def _unexpected_state(pi: dict[str, Any], action: str) -> InvalidRequestError:

@@ -31,6 +31,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from ...wire.errors import ApiError, InvalidRequestError, StripeError
 from ..api import Context
 from ..domain import devices, terminal
+from ..domain.device_payments import LAN_URL_FIELD
 
 if TYPE_CHECKING:
     from ..app import Cloud
@@ -81,6 +82,8 @@ class HeartbeatBody(DeviceBody):
     status: Literal["online", "offline"]
     ip_address: IpAddress | None = None
     device_sw_version: Annotated[str, Field(min_length=1, max_length=100)]
+    #: where the reader serves POSes; kept private for discovery (`domain.device_payments`)
+    lan_url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]{1,200}/?$")] | None = None
 
 
 class RedeemBody(DeviceBody):
@@ -231,9 +234,13 @@ _ANSWER = json.JSONEncoder(separators=(",", ":"))
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response:
-    return Response(
-        _ANSWER.encode(_served(body)).encode(), status, headers, media_type="application/json"
-    )
+    text = _ANSWER.encode(body)
+    if '"_' in text:
+        # A private key somewhere (or a string that merely starts with "_"): drop private
+        # keys the careful way. Most answers have none, and a batch's 500 PaymentIntents
+        # are not copied just to find that out.
+        text = _ANSWER.encode(_served(body))
+    return Response(text.encode(), status, headers, media_type="application/json")
 
 
 def _bearer(authorization: str | None) -> str | None:
@@ -350,6 +357,8 @@ class DeviceApi:
         with self.store.write() as tx:
             account, reader = devices.authenticate(tx, call.device_key)
             body = parse(call.body, HeartbeatBody)
+            if body.lan_url is not None:
+                reader[LAN_URL_FIELD] = body.lan_url.rstrip("/")
             answer = devices.heartbeat(
                 tx,
                 self.settings.clock,
@@ -393,4 +402,8 @@ class DeviceApi:
 
 def device_routes(cloud: Cloud) -> list[BaseRoute]:
     """The device API's routes for `cloud`, to add to its app."""
-    return DeviceApi(cloud).routes()
+    from .device_payments import payment_routes  # it imports this module
+
+    api = DeviceApi(cloud)
+    # Full paths, before the mount (which answers every path under /device/v1).
+    return payment_routes(api) + api.routes()

@@ -172,6 +172,9 @@ class _Held:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # closing at exit: nothing left to report to
+            if self.stale:
+                # Closed under it already: given back as unusable, with no rollback tried.
+                self.conn.invalidate()
             self.conn.close()
 
     def __del__(self) -> None:
@@ -687,10 +690,13 @@ class BatchTx(Tx):
     inserted and then updated in the batch is written once, in its final state. Reads see
     the held writes first (a copy, as a read from the database would give).
 
-    An object other than an event is serialized at flush, as it is then: code that changes
-    an object after inserting it calls `update` (as domain code does), so the stored state is
-    the one the row-by-row `Tx` would have stored. Events are snapshots and are serialized
-    when inserted. Nothing is written unless `flush` is called, inside the same transaction.
+    An update is serialized when it is made, as `Tx.update` does. An inserted object other
+    than an event is serialized at flush, as it is then, unless an update came in between:
+    code that changes an object after inserting it calls `update` (as domain code does), so
+    the stored state is the one the row-by-row `Tx` would have stored, and an object inserted
+    then updated (a PaymentIntent made then confirmed) is serialized once. Events are
+    snapshots and are serialized when inserted. Nothing is written unless `flush` is called,
+    inside the same transaction.
     """
 
     def __init__(self, tx: Tx) -> None:
@@ -751,18 +757,22 @@ class BatchTx(Tx):
         self._pending[obj["id"]] = _Pending(account_id, obj, ref, status, body, insert=True)
         self._touched(obj["object"])
 
-    def update(self, account_id: str, obj: dict[str, Any], *, ref: str | None = None) -> None:
+    def update(self, account_id: str, obj: dict[str, Any], *, ref: str | None = None) -> str | None:
+        """Hold the object's new state, serialized now as `Tx.update` would store it; that JSON
+        is returned (an event about the object may embed it)."""
+        body = json.dumps(obj)
         held = self._pending.get(obj["id"])
         if held is not None and held.account_id == account_id:
             held.obj = obj
-            held.body = json.dumps(obj) if obj.get("object") in _SNAPSHOT_TYPES else None
+            held.body = body
             held.status = None  # as Tx.update: the status column follows the object
             if ref is not None:
                 held.ref = ref
         else:
-            self._pending[obj["id"]] = _Pending(account_id, obj, ref, None, None, insert=False)
+            self._pending[obj["id"]] = _Pending(account_id, obj, ref, None, body, insert=False)
         self._loaded.pop(obj["id"], None)
         self._touched(obj.get("object"))
+        return body
 
     def delete(self, account_id: str, object_id: str) -> None:
         raise NotImplementedError("BatchTx holds inserts and updates only")
