@@ -20,6 +20,7 @@ from stowpay.reader.cloud_link import (
     DeviceDescription,
     ForwardOutcome,
     HttpCloudLink,
+    OnlinePayment,
     ReaderContext,
     RegistrationCode,
     TokenGrant,
@@ -109,11 +110,21 @@ class Line:
         return self.link.activate(code)
 
     def heartbeat(
-        self, device_key: str, *, status: str, ip_address: str | None, device_sw_version: str
+        self,
+        device_key: str,
+        *,
+        status: str,
+        ip_address: str | None,
+        device_sw_version: str,
+        lan_url: str | None = None,
     ) -> ReaderContext:
         self._check()
         return self.link.heartbeat(
-            device_key, status=status, ip_address=ip_address, device_sw_version=device_sw_version
+            device_key,
+            status=status,
+            ip_address=ip_address,
+            device_sw_version=device_sw_version,
+            lan_url=lan_url,
         )
 
     def redeem_connection_token(self, device_key: str, token: str) -> TokenGrant:
@@ -126,6 +137,38 @@ class Line:
         self._check()
         self.forward_calls += 1
         return self.link.forward(device_key, records, connection_token=connection_token)
+
+    def ping(self) -> float:
+        self._check()
+        return self.link.ping()
+
+    def discover(self, connection_token: str, *, location: str | None = None) -> Any:
+        self._check()
+        return self.link.discover(connection_token, location=location)
+
+    def create_payment_intent(self, device_key: str, payment: OnlinePayment) -> Any:
+        self._check()
+        return self.link.create_payment_intent(device_key, payment)
+
+    def confirm_payment_intent(
+        self, device_key: str, payment_intent: str, *, sealed: bytes, display: Any
+    ) -> Any:
+        self._check()
+        return self.link.confirm_payment_intent(
+            device_key, payment_intent, sealed=sealed, display=display
+        )
+
+    def cancel_payment_intent(self, device_key: str, payment_intent: str) -> Any:
+        self._check()
+        return self.link.cancel_payment_intent(device_key, payment_intent)
+
+    def capture_payment_intent(
+        self, device_key: str, payment_intent: str, *, amount_to_capture: int | None = None
+    ) -> Any:
+        self._check()
+        return self.link.capture_payment_intent(
+            device_key, payment_intent, amount_to_capture=amount_to_capture
+        )
 
 
 @dataclass

@@ -381,9 +381,10 @@ def test_offline_behavior_rules(rigs: Factory, cloud: LiveCloud) -> None:
         return None
 
     assert create("force_offline") == ErrorCode.FORCE_OFFLINE_WITH_FEATURE_DISABLED
-    # Online payments through the reader are not served yet: a clear refusal.
-    assert create("prefer_online") == ErrorCode.INVALID_REQUIRED_PARAMETER
-    assert create("require_online") == ErrorCode.INVALID_REQUIRED_PARAMETER
+    # Online, both go to the cloud (tests/reader/test_core_online.py follows them further).
+    assert create("prefer_online") is None
+    assert create("require_online") is None
+    rig.line.down = True
     rig.core.set_online(False)
     assert create("require_online") == ErrorCode.NOT_CONNECTED_TO_INTERNET_AND_REQUIRE_ONLINE_SET
     assert create("prefer_online") == ErrorCode.STRIPE_API_CONNECTION_ERROR

@@ -6,7 +6,9 @@ format of each call is in `docs/reader-protocol.md`.
 
 Errors: `CloudUnreachable` when the answer is unknown (no connection, timeout, a 5xx or 429):
 the caller may retry, and for forwarding it must assume the cloud may have committed.
-`CloudRefused` when the cloud answered with a definite 4xx refusal and its error `code`.
+`CloudRefused` when the cloud answered with a definite 4xx refusal and its error `code`;
+`CloudDeclined` (a `CloudRefused`) when an online confirm was declined by the issuer. An online
+confirm that ends in `CloudUnreachable` may have charged the card: see `confirm_payment_intent`.
 """
 
 from __future__ import annotations
@@ -33,11 +35,31 @@ class CloudUnreachable(CloudError):
 class CloudRefused(CloudError):
     """The cloud refused the call (4xx) with an error code of the device API."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, error: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        #: the whole error object the cloud answered (empty when it sent none)
+        self.error: Mapping[str, Any] = error or {}
+
+
+class CloudDeclined(CloudRefused):
+    """An online confirm the issuer declined (402 `card_error`): a definite answer."""
+
+    @property
+    def decline_code(self) -> str | None:
+        """The issuer's reason (`insufficient_funds`, ...), when it gave one."""
+        code = self.error.get("decline_code")
+        return code if isinstance(code, str) else None
+
+    @property
+    def payment_intent(self) -> Mapping[str, Any] | None:
+        """The PaymentIntent after the decline (`requires_payment_method`)."""
+        pi = self.error.get("payment_intent")
+        return pi if isinstance(pi, dict) else None
 
 
 @dataclass(frozen=True)
@@ -91,6 +113,19 @@ class TokenGrant:
 
 
 @dataclass(frozen=True)
+class OnlinePayment:
+    """A PaymentIntent the reader asks the cloud to create while online."""
+
+    amount: int
+    currency: str
+    capture_method: str
+    metadata: Mapping[str, str]
+    description: str | None
+    #: the reader's id for it: the cloud answers the same PaymentIntent for a repeated create
+    local_id: str
+
+
+@dataclass(frozen=True)
 class ForwardOutcome:
     """The cloud's answer for one forwarded record."""
 
@@ -115,9 +150,26 @@ class CloudLink(Protocol):
         ...
 
     def heartbeat(
-        self, device_key: str, *, status: str, ip_address: str | None, device_sw_version: str
+        self,
+        device_key: str,
+        *,
+        status: str,
+        ip_address: str | None,
+        device_sw_version: str,
+        lan_url: str | None = None,
     ) -> ReaderContext:
-        """Report in; get the reader's Location, Configuration and the sealing key."""
+        """Report in (with the LAN API's address, if it serves one); get the reader's
+        Location, Configuration and the sealing key."""
+        ...
+
+    def ping(self) -> float:
+        """The light probe (no credential): the cloud's clock."""
+        ...
+
+    def discover(
+        self, connection_token: str, *, location: str | None = None
+    ) -> list[Mapping[str, Any]]:
+        """The readers of the token's account (at `location`), with their `lan_url`."""
         ...
 
     def redeem_connection_token(self, device_key: str, token: str) -> TokenGrant:
@@ -132,6 +184,26 @@ class CloudLink(Protocol):
         connection_token: str | None,
     ) -> list[ForwardOutcome]:
         """Forward stored payments in one request; one outcome per record, in order."""
+        ...
+
+    def create_payment_intent(self, device_key: str, payment: OnlinePayment) -> Mapping[str, Any]:
+        """Create the PaymentIntent online (the same one again for the same `local_id`)."""
+        ...
+
+    def confirm_payment_intent(
+        self, device_key: str, payment_intent: str, *, sealed: bytes, display: Mapping[str, Any]
+    ) -> Mapping[str, Any]:
+        """Charge the sealed card read; `CloudDeclined` when the issuer declines."""
+        ...
+
+    def cancel_payment_intent(self, device_key: str, payment_intent: str) -> Mapping[str, Any]:
+        """Cancel a PaymentIntent at the cloud."""
+        ...
+
+    def capture_payment_intent(
+        self, device_key: str, payment_intent: str, *, amount_to_capture: int | None = None
+    ) -> Mapping[str, Any]:
+        """Capture an authorized PaymentIntent at the cloud."""
         ...
 
 
@@ -220,12 +292,21 @@ class HttpCloudLink:
         return self._read(read)
 
     def heartbeat(
-        self, device_key: str, *, status: str, ip_address: str | None, device_sw_version: str
+        self,
+        device_key: str,
+        *,
+        status: str,
+        ip_address: str | None,
+        device_sw_version: str,
+        lan_url: str | None = None,
     ) -> ReaderContext:
-        """Report in; get the reader's Location, Configuration and the sealing key."""
+        """Report in (with the LAN API's address, for discovery); get the reader's Location,
+        Configuration and the sealing key."""
         body: dict[str, Any] = {"status": status, "device_sw_version": device_sw_version}
         if ip_address is not None:
             body["ip_address"] = ip_address
+        if lan_url is not None:
+            body["lan_url"] = lan_url
         answer = self._post("/heartbeat", body, device_key)
         return self._read(
             lambda: ReaderContext(
@@ -271,14 +352,85 @@ class HttpCloudLink:
 
         return self._read(read)
 
+    # -- for the SDK and online payments -----------------------------------------------------
+
+    def ping(self) -> float:
+        """The light probe (no credential): the cloud's clock, if it answers."""
+        answer = self._send("GET", "/ping", None)
+        return self._read(lambda: _num(answer["server_time"]))
+
+    def discover(
+        self, connection_token: str, *, location: str | None = None
+    ) -> list[Mapping[str, Any]]:
+        """The readers of the token's account (at `location`) with their `lan_url`; uses the
+        token up."""
+        body: dict[str, Any] = {"connection_token": connection_token}
+        if location is not None:
+            body["location"] = location
+        answer = self._post("/discover", body)
+        return self._read(lambda: [_map(r) for r in answer["readers"]])
+
+    def create_payment_intent(self, device_key: str, payment: OnlinePayment) -> Mapping[str, Any]:
+        """Create the PaymentIntent online (the same one again for the same `local_id`)."""
+        body = {
+            "amount": payment.amount,
+            "currency": payment.currency,
+            "capture_method": payment.capture_method,
+            "metadata": dict(payment.metadata),
+            "description": payment.description,
+            "local_id": payment.local_id,
+        }
+        answer = self._post("/payment_intents", body, device_key)
+        return self._read(lambda: _payment_intent(answer))
+
+    def confirm_payment_intent(
+        self, device_key: str, payment_intent: str, *, sealed: bytes, display: Mapping[str, Any]
+    ) -> Mapping[str, Any]:
+        """Charge the sealed card read; `CloudDeclined` when the issuer declines.
+
+        `CloudUnreachable` here is the case that matters: the cloud may have charged. Asking
+        again is safe (a charged PaymentIntent answers itself), and so is forwarding the
+        payment stored under the PaymentIntent's id.
+        """
+        body = {"sealed": base64.b64encode(sealed).decode("ascii"), "display": dict(display)}
+        answer = self._post(
+            f"/payment_intents/{_path_id(payment_intent)}/confirm", body, device_key
+        )
+        return self._read(lambda: _payment_intent(answer))
+
+    def cancel_payment_intent(self, device_key: str, payment_intent: str) -> Mapping[str, Any]:
+        """Cancel a PaymentIntent at the cloud (one canceled already answers as it is)."""
+        answer = self._post(f"/payment_intents/{_path_id(payment_intent)}/cancel", {}, device_key)
+        return self._read(lambda: _payment_intent(answer))
+
+    def capture_payment_intent(
+        self, device_key: str, payment_intent: str, *, amount_to_capture: int | None = None
+    ) -> Mapping[str, Any]:
+        """Capture an authorized PaymentIntent at the cloud."""
+        body: dict[str, Any] = {}
+        if amount_to_capture is not None:
+            body["amount_to_capture"] = amount_to_capture
+        path = f"/payment_intents/{_path_id(payment_intent)}/capture"
+        answer = self._post(path, body, device_key)
+        return self._read(lambda: _payment_intent(answer))
+
     # -- the wire --------------------------------------------------------------------------
 
     def _post(
         self, path: str, body: Mapping[str, Any], device_key: str | None = None
     ) -> Mapping[str, Any]:
+        return self._send("POST", path, body, device_key)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        device_key: str | None = None,
+    ) -> Mapping[str, Any]:
         headers = {"Authorization": f"Bearer {device_key}"} if device_key is not None else {}
         try:
-            response = self._client.post(path, json=body, headers=headers)
+            response = self._client.request(method, path, json=body, headers=headers)
         except httpx.RequestError as exc:
             # Connection refused, reset, timed out: the call may or may not have arrived.
             raise CloudUnreachable(
@@ -328,13 +480,31 @@ def forward_document(record: StoredPayment) -> dict[str, Any]:
 
 def _refusal(response: httpx.Response) -> CloudRefused:
     code, message = "", f"the cloud refused the call ({response.status_code})"
+    error: dict[str, Any] = {}
     try:
-        error = response.json()["error"]
-        code = str(error.get("code") or error.get("type") or "")
-        message = str(error.get("message") or message)
+        found = response.json()["error"]
+        code = str(found.get("code") or found.get("type") or "")
+        message = str(found.get("message") or message)
+        error = dict(found)
     except (ValueError, KeyError, TypeError, AttributeError):
         pass  # a refusal without Stripe's error body is still a refusal
-    return CloudRefused(response.status_code, code, message)
+    if response.status_code == 402 and error.get("type") == "card_error":
+        return CloudDeclined(response.status_code, code, message, error)
+    return CloudRefused(response.status_code, code, message, error)
+
+
+def _path_id(value: str) -> str:
+    """An id as a path segment: only id characters, so nothing else can be named."""
+    if not value or not all(c.isascii() and (c.isalnum() or c in "_-") for c in value):
+        raise CloudRefused(400, "parameter_invalid", f"not an id: {value[:40]!r}")
+    return value
+
+
+def _payment_intent(doc: Mapping[str, Any]) -> Mapping[str, Any]:
+    if doc.get("object") != "payment_intent" or not isinstance(doc.get("id"), str):
+        raise _Malformed("expected a PaymentIntent")
+    _str(doc["status"])
+    return doc
 
 
 def _outcome(doc: Any) -> ForwardOutcome:

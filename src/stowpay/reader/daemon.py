@@ -154,6 +154,8 @@ class ReaderDaemon:
         link = self._link if self._link is not None else self._owned_link
         assert link is not None
         host = cfg.host if cfg.host not in ("0.0.0.0", "::", "") else None
+        # Reported in heartbeats for discovery; a reader on every interface names none.
+        lan_url = None if host is None else self._listening_url()
         core = ReaderCore(
             state,
             vault,
@@ -164,6 +166,7 @@ class ReaderDaemon:
             software_version=__version__,
             network_id=self._network_id,
             ip_address=lambda: host,
+            lan_url=lambda: lan_url,
             unattended_forwarding=cfg.unattended_forwarding,
             registration_code=cfg.registration_code,
             on_registration_code=lambda code: self._out(f"Registration code: {code}"),

@@ -42,6 +42,7 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.CONNECTION_TOKEN_PROVIDER_ERROR: 401,
     ErrorCode.OFFLINE_AND_CARD_EXPIRED: 402,
     ErrorCode.OFFLINE_TRANSACTION_DECLINED: 402,
+    ErrorCode.DECLINED_BY_STRIPE_API: 402,
     ErrorCode.STRIPE_API_ERROR: 403,
     ErrorCode.OFFLINE_PAYMENT_INTENT_NOT_FOUND: 404,
     ErrorCode.READER_BUSY: 409,
@@ -73,13 +74,26 @@ def error_response(
 
 
 def _reader_error(exc: ReaderError) -> JSONResponse:
-    return error_response(
-        exc.code,
-        exc.message,
-        _STATUS.get(exc.code, 400),
-        param=exc.param,
-        api_code=exc.api_code,
-    )
+    if exc.payment_intent is None and exc.decline_code is None:
+        return error_response(
+            exc.code,
+            exc.message,
+            _STATUS.get(exc.code, 400),
+            param=exc.param,
+            api_code=exc.api_code,
+        )
+    # An online decline carries the decline code and the PaymentIntent as it is now, as
+    # Stripe's card errors do.
+    error: dict[str, Any] = {
+        "type": "terminal_error",
+        "code": str(exc.code),
+        "message": exc.message,
+        "decline_code": exc.decline_code,
+        "payment_intent": None if exc.payment_intent is None else dict(exc.payment_intent),
+    }
+    if exc.api_code is not None:
+        error["api_error_code"] = exc.api_code
+    return JSONResponse({"error": error}, status_code=_STATUS.get(exc.code, 400))
 
 
 def _endpoint(handler: Handler) -> Handler:
@@ -282,6 +296,31 @@ def create_lan_app(core: ReaderCore, *, keepalive: float = KEEPALIVE) -> Starlet
         return JSONResponse(await run_in_threadpool(core.confirm, token, local_id))
 
     @_endpoint
+    async def cancel(request: Request) -> Response:
+        token = _bearer(request)
+        core.session(token)
+        body = await _body(request)
+        _only(body, frozenset())
+        intent = request.path_params["local_id"]
+        return JSONResponse(await run_in_threadpool(core.cancel_payment_intent, token, intent))
+
+    @_endpoint
+    async def capture(request: Request) -> Response:
+        token = _bearer(request)
+        core.session(token)
+        body = await _body(request)
+        _only(body, frozenset({"amount_to_capture"}))
+        amount = body.get("amount_to_capture")
+        if amount is not None and (type(amount) is not int or amount < 1):
+            raise _invalid("amount_to_capture must be a positive integer.", "amount_to_capture")
+        intent = request.path_params["local_id"]
+        return JSONResponse(
+            await run_in_threadpool(
+                lambda: core.capture_payment_intent(token, intent, amount_to_capture=amount)
+            )
+        )
+
+    @_endpoint
     async def forward_now(request: Request) -> Response:
         # Harmless without a session (it only wakes the forwarder), so the operator's
         # `stowpay reader forward-now` works with a POS connected; a session given must be valid.
@@ -341,6 +380,8 @@ def create_lan_app(core: ReaderCore, *, keepalive: float = KEEPALIVE) -> Starlet
         Route("/v1/payment_intents", create_intent, methods=["POST"]),
         Route("/v1/payment_intents/{local_id}/collect", collect, methods=["POST"]),
         Route("/v1/payment_intents/{local_id}/confirm", confirm, methods=["POST"]),
+        Route("/v1/payment_intents/{local_id}/cancel", cancel, methods=["POST"]),
+        Route("/v1/payment_intents/{local_id}/capture", capture, methods=["POST"]),
         Route("/v1/forward_now", forward_now, methods=["POST"]),
         Route("/v1/connection_token", connection_token, methods=["POST"]),
         Route("/v1/events", events, methods=["GET"]),
