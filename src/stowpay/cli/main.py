@@ -115,11 +115,22 @@ def run_cloud(db: str, host: str, port: int, log_level: str) -> None:
 
 
 @main.command()
-@click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLite file or PostgreSQL URL.")
-@click.option("--port", default=4242, show_default=True, type=click.IntRange(0, 65535))
-def demo(db: str, port: int) -> None:
-    """Run the cloud on loopback with a test account, ready for curl or the stripe client."""
-    run_cloud(db, "127.0.0.1", port, "warning")
+@click.option(
+    "--payments",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 100_000),
+    help="Extra offline payments, for a large backlog to forward.",
+)
+@click.option("--keep", is_flag=True, help="Leave the services running at the end (Ctrl-C stops).")
+def demo(payments: int, keep: bool) -> None:
+    """Stripe's offline guide as a story: a cloud, a reader and a POS on loopback; the
+    internet lost and back; every payment forwarded once and reconciled."""
+    from ..demo import run_demo
+
+    status = run_demo(payments=payments, keep=keep)
+    if status:
+        sys.exit(status)
 
 
 # --- the reader --------------------------------------------------------------------------------

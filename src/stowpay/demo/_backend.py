@@ -80,6 +80,10 @@ class MerchantBackend:
         backend = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive: the cloud's webhook sender reuses connections, and an HTTP/1.0
+            # server closing each one under it turns deliveries into read errors and retries.
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 payload = self.rfile.read(length)
@@ -91,7 +95,11 @@ class MerchantBackend:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # the demo narrates; no access log
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 128
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         endpoint = self.api(
             "POST",

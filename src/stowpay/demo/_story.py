@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .. import logs
 from ..cloud.domain.accounts import create_account
 from ..cloud.settings import Settings
 from ..cloud.storage import Store
@@ -162,6 +163,7 @@ class Demo:
 
     def _set_up(self) -> None:
         self.step("1. A cloud, a merchant backend and a reader on loopback")
+        logs.configure("warning")  # the story is the output; warnings still show
         store = Store(self.db)
         store.migrate()
         with store.write() as tx:
@@ -205,7 +207,7 @@ class Demo:
             lambda: [
                 r
                 for r in terminal.discover_readers(DiscoveryConfiguration(location=self.location))
-                if r.id == reader["id"]
+                if r.id == reader["id"] and r.lan_url
             ],
             30,
             self.workdir / "reader.log",
@@ -352,14 +354,15 @@ class Demo:
             None,
         )
         table = Table(title="Reconciliation")
-        for column in ("order", "PaymentIntent", "status", "how", "webhooks received"):
-            table.add_column(column)
+        for column in ("order", "PaymentIntent", "status", "taken", "payment_intent.* webhooks"):
+            table.add_column(column, overflow="fold")
         shown = self.sales if len(self.sales) <= 30 else self.sales[:20]
         for sale in shown:
             pi_id = ids.get(sale.order, "")
             status = backend.api("GET", f"/v1/payment_intents/{pi_id}")["status"] if pi_id else ""
             how = "offline" if sale.pi is not None and sale.pi.offline_details else "online"
-            table.add_row(sale.order, pi_id, status, how, ", ".join(backend.events_for(pi_id)))
+            events = [e.removeprefix("payment_intent.") for e in backend.events_for(pi_id)]
+            table.add_row(sale.order, pi_id, status, how, ", ".join(events))
         self.console.print(table)
         if len(shown) < len(self.sales):
             self.say(f"... and {len(self.sales) - len(shown)} more, all reconciled")
