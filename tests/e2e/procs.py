@@ -72,6 +72,14 @@ class Process:
             self._log.flush()
             self.lines.put(line.rstrip("\n"))
 
+    def finished(self) -> bool:
+        """The process has exited and every line it wrote has been read.
+
+        (Its exit alone is not enough: the pipe may still hold lines the reader thread has
+        not queued yet.)
+        """
+        return self.proc.poll() is not None and not self._pump.is_alive() and self.lines.empty()
+
     def expect(self, prefix: str, timeout: float = 30.0) -> str:
         """The first output line (from now) starting with `prefix`."""
         deadline = time.monotonic() + timeout
@@ -82,7 +90,7 @@ class Process:
             try:
                 line = self.lines.get(timeout=min(left, 0.5))
             except queue.Empty:
-                if self.proc.poll() is not None and self.lines.empty():
+                if self.finished():
                     raise AssertionError(
                         f"{self.args[:2]} exited ({self.proc.returncode}) before {prefix!r}; "
                         f"see {self.log_path}"

@@ -205,7 +205,7 @@ def _child_rounds(
                 try:
                     line = child.lines.get(timeout=0.5)
                 except queue.Empty:
-                    if child.proc.poll() is not None and child.lines.empty():
+                    if child.finished():
                         break
                     continue
                 kind, _, rest = line.partition(" ")
