@@ -215,7 +215,10 @@ def _child_rounds(
                 elif kind == "A":
                     ledger.acknowledged.add(rest)
             timer.join()
-            assert child.stop() == -signal.SIGKILL
+            code = child.stop()
+            assert code == -signal.SIGKILL, (
+                f"the child ended by itself ({code}): " + (child.log_path.read_text()[-3000:])
+            )
         drain = Process(["drain", str(data), site.url], site.logs / "child.log", program=program)
         drained = drain.expect("DRAINED", timeout=60)
         assert drain.proc.wait(30) == 0 and drained.split()[2] == "0", drained
