@@ -18,6 +18,7 @@ import httpx2 as httpx
 import pytest
 import stripe
 
+from stowpay.cloud.schemas import object_schemas
 from stowpay.cloud.settings import Settings
 from stowpay.cloud.testing import LiveCloud, live_cloud
 from stowpay.reader.cloud_link import forward_document
@@ -492,6 +493,68 @@ def test_forged_key_or_foreign_account_is_rejected(live: LiveCloud, tills: Any) 
     assert got[0]["payment_intent"] is None and got[1]["payment_intent"] is None
     assert [pi.metadata["order_id"] for pi in intents(device)] == ["F-3"]
     assert merchant(live, 1).v1.payment_intents.list().data == []
+
+
+def offline_rejections(device: Device, **query: Any) -> dict[str, Any]:
+    """The merchant's backend reads the reader's rejected records (a Stowpay extension)."""
+    answer = device.stripe.raw_request(
+        "get", f"/v1/terminal/readers/{device.reader}/stowpay_offline_rejections", **query
+    )
+    doc: dict[str, Any] = json.loads(answer.body)
+    return doc
+
+
+def test_rejections_are_kept_replayed_and_listed_for_the_merchant(
+    live: LiveCloud, tills: Any
+) -> None:
+    device = register(live)
+    till = tills(live, device)
+    genuine = forward_document(till.take(order="G-1"))
+    forged = dict(genuine, forward_key=forward_key_for(device.account, device.reader, 99))
+    elsewhere = dict(genuine, account=live.accounts[1].account["id"])
+
+    first = outcomes(forward(live, device, [forged, elsewhere]))
+    assert [o["status"] for o in first] == ["rejected", "rejected"]
+    assert not any(o["replayed"] for o in first)
+    again = outcomes(forward(live, device, [forged, elsewhere]))
+    assert all(o["replayed"] for o in again)
+    assert [o["error"]["code"] for o in again] == [o["error"]["code"] for o in first]
+    # Kept under what arrived, not under the sequence: the genuine record is still charged.
+    (honest,) = outcomes(forward(live, device, [genuine]))
+    assert honest["status"] == "approved" and not honest["replayed"]
+    assert [pi.metadata["order_id"] for pi in intents(device)] == ["G-1"]
+
+    listed = offline_rejections(device)
+    assert listed["object"] == "list" and listed["has_more"] is False
+    codes = sorted(r["error"]["code"] for r in listed["data"])
+    assert codes == ["offline_record_account_mismatch", "offline_record_key_invalid"]
+    documented = object_schemas()["stowpay.offline_rejection"]
+    for kept in listed["data"]:
+        # Exactly the fields the OpenAPI document names (the fuzz tests see only empty lists).
+        assert set(kept) == set(documented["properties"]), kept
+        assert set(kept["error"]) == set(documented["properties"]["error"]["properties"])
+        assert kept["object"] == "stowpay.offline_rejection" and kept["reader"] == device.reader
+        assert kept["sequence"] == genuine["sequence"] and kept["amount"] == genuine["amount"]
+        assert kept["local_id"] == genuine["local_id"]
+    assert len(offline_rejections(device, limit=1)["data"]) == 1
+    # Another account does not find them.
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        merchant(live, 1).raw_request(
+            "get", f"/v1/terminal/readers/{device.reader}/stowpay_offline_rejections"
+        )
+    assert err.value.http_status == 404
+    # Deleting the reader does not hide the money it never got.
+    device.stripe.v1.terminal.readers.delete(device.reader)
+    assert len(offline_rejections(device)["data"]) == 2
+
+
+def test_the_heartbeat_tells_the_highest_sequence_seen(live: LiveCloud, tills: Any) -> None:
+    device = register(live)
+    assert heartbeat(live, device).json()["highest_sequence"] == 0
+    till = tills(live, device)
+    records = [till.take(order=f"H-{i}") for i in range(3)]
+    outcomes(forward(live, device, [forward_document(records[0]), forward_document(records[2])]))
+    assert heartbeat(live, device).json()["highest_sequence"] == records[2].sequence
 
 
 def test_another_accounts_token_refuses_the_whole_batch(live: LiveCloud, tills: Any) -> None:

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from stowpay.cloud.api import Context
 from stowpay.cloud.domain.accounts import create_account
-from stowpay.cloud.domain.offline_ingest import ForwardedPayment, digest_of, ingest
+from stowpay.cloud.domain.offline_ingest import REJECTION, ForwardedPayment, digest_of, ingest
 from stowpay.cloud.storage import Store
 from stowpay.wire import sealed
 from stowpay.wire.clock import ManualClock
@@ -162,3 +162,53 @@ def test_no_card_number_in_the_cloud_database(world: World, tmp_path: Path) -> N
     world.store.close()
     for f in tmp_path.iterdir():
         assert b"4242424242424242" not in f.read_bytes(), f
+
+
+def rejections(world: World) -> list[dict[str, Any]]:
+    with world.store.read() as tx:
+        page = tx.list_page(world.account["id"], REJECTION, limit=100)
+        assert page is not None
+        return list(page.data)
+
+
+def test_a_rejection_is_kept_and_the_same_record_gets_it_again(world: World) -> None:
+    forged = world.record(1, sealed=world.record(2).sealed)
+    (first,) = world.ingest([forged])
+    assert first.status == "rejected" and not first.replayed
+    (again,) = world.ingest([forged])
+    assert again.status == "rejected" and again.replayed
+    assert again.error["code"] == first.error["code"] == "offline_record_unreadable"
+    (kept,) = rejections(world)
+    assert kept["reader"] == READER["id"] and kept["sequence"] == 1
+    assert kept["amount"] == 1299 and kept["error"]["code"] == "offline_record_unreadable"
+    # It never took the sequence: the genuine record under it is still charged.
+    (genuine,) = world.ingest([world.record(1)])
+    assert genuine.status == "approved" and not genuine.replayed
+    # And the forged one, sent once more, is still the rejection it was.
+    assert world.ingest([forged])[0].replayed
+    assert world.count("charge") == 1 and len(rejections(world)) == 1
+
+
+def test_a_conflict_is_kept_once_and_replayed(world: World) -> None:
+    world.ingest([world.record(1)])
+    other = world.record(1, amount=5000)
+    outs = world.ingest([other, other])  # twice in one batch, and again below
+    assert [o.replayed for o in outs] == [False, True]
+    assert world.ingest([other])[0].replayed
+    assert all(o.error["code"] == "offline_record_conflict" for o in outs)
+    (kept,) = rejections(world)
+    assert kept["amount"] == 5000 and kept["error"]["code"] == "offline_record_conflict"
+    with world.store.read() as tx:
+        state = tx.get(world.account["id"], "rsq_tmr_test")
+    assert state is not None and state["conflicts"] == [1]
+    assert world.count("charge") == 1
+
+
+def test_a_record_no_payment_can_be_made_from_is_kept_without_taking_its_sequence(
+    world: World,
+) -> None:
+    odd = world.record(1, capture_method="someday")
+    assert not world.ingest([odd])[0].replayed
+    assert world.ingest([odd])[0].replayed
+    assert [r["error"]["param"] for r in rejections(world)] == ["capture_method"]
+    assert world.ingest([world.record(1)])[0].status == "approved"

@@ -38,8 +38,10 @@ def plant_write_behind() -> None:
     """Make `Vault.store` acknowledge before it commits (the planted bug)."""
     real_store = Vault.store
 
-    def store_later(self: Vault, payment: OfflinePayment) -> StoredPayment:
-        timer = threading.Timer(WRITE_BEHIND, real_store, (self, payment))
+    def store_later(
+        self: Vault, payment: OfflinePayment, *, card_tag: str | None = None
+    ) -> StoredPayment:
+        timer = threading.Timer(WRITE_BEHIND, real_store, (self, payment), {"card_tag": card_tag})
         timer.daemon = True
         timer.start()
         _, display, _ = vault_module._prepare(payment)

@@ -6,7 +6,9 @@ is changed behind its back. Started again (unattended, so it forwards), the read
 quarantine the altered records and report them — the deleted one as missing — in `GET
 /v1/status` and `stowpay reader status`, and forward only the intact ones. A database
 restored from an older copy is refused at start; a whole vault directory restored from a
-copy (which no local check can tell from a genuine one) charges nothing twice.
+copy (which no local check can tell from a genuine one) charges nothing twice, and the
+payment taken after it is charged: the cloud's heartbeat moves the vault's counter past the
+sequences it has seen.
 """
 
 from __future__ import annotations
@@ -155,6 +157,8 @@ def test_tampered_and_deleted_records_are_reported_and_never_forwarded(tmp_path:
 
 
 def test_an_older_vault_is_refused_and_a_whole_copy_charges_nothing_twice(tmp_path: Path) -> None:
+    """The whole-copy case: the three restored records are replays, and O-5, taken after the
+    restore, is charged under a fresh sequence (not rejected as a conflict with O-3's)."""
     site = Site(tmp_path)
     data = tmp_path / "reader"
     vault = data / "vault"
@@ -202,7 +206,9 @@ def test_an_older_vault_is_refused_and_a_whole_copy_charges_nothing_twice(tmp_pa
         shutil.copytree(snapshot, vault)
         reader, url = restart_reader(site, data, UNATTENDED, "--log-level", "info")
         wait_drained(url)
-        # A payment taken now reuses sequence 4 (O-3's): the cloud must not take it for O-3.
+        advanced = httpx.get(url + "/v1/status").json()["sequence_check"]
+        # The copy's counter was 3; the cloud had seen 5 (O-4's): the reader moved past it, so
+        # the payment taken now gets sequence 6, not O-3's 4.
         sold |= sell(url, site, ["O-5"])
         wait_for(
             "O-5 to leave the vault",
@@ -218,5 +224,8 @@ def test_an_older_vault_is_refused_and_a_whole_copy_charges_nothing_twice(tmp_pa
     log = (site.logs / "reader.log").read_text()
     print(f"refused: {said.strip().splitlines()[-1]}; charged after the restore: {at_cloud}")
     assert "replayed=3" in log, "the three restored records were not answered as replays"
-    # Nothing charged twice, and O-3 still carries its own amount.
-    assert at_cloud == {o: [sold[o]] for o in ["O-0", "O-1", "O-2", "O-3", "O-4"]}, at_cloud
+    assert advanced["checked"] is True, advanced
+    assert (advanced["advanced"]["from"], advanced["advanced"]["to"]) == (3, 5), advanced
+    assert "vault_behind_the_cloud" in log
+    # Nothing charged twice, O-3 still carries its own amount, and O-5 is charged.
+    assert at_cloud == {o: [sold[o]] for o in ["O-0", "O-1", "O-2", "O-3", "O-4", "O-5"]}, at_cloud

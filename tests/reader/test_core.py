@@ -22,7 +22,7 @@ from reader_kit import (
     sell,
     wait_until,
 )
-from vault_kit import scan_for_pans
+from vault_kit import scan_for_pans, side_connection
 
 from stowpay.cloud.testing import LiveCloud
 from stowpay.reader.cloud_link import CloudUnreachable
@@ -491,11 +491,38 @@ def test_card_use_counts_are_per_card_and_forget_forwarded_payments(
     with pytest.raises(ReaderError) as caught:
         sell(rig.core, session, 100)
     assert code_of(caught) == ErrorCode.OFFLINE_CARD_VELOCITY_EXCEEDED
-    # The count is kept under a keyed hash, never the number.
-    text = (rig.directory / "reader.json").read_text()
-    assert "4242424242424242" not in text and "card_uses" in text
+    # The count is kept in the vault under a keyed hash, never the number.
+    assert rig.vault.card_uses(rig.state.card_tag("4242424242424242")) == 1
+    assert not scan_for_pans(rig.directory)
     assert rig.core.forwarder.drain().approved == 2
+    assert rig.vault.card_uses(rig.state.card_tag("4242424242424242")) == 0
     sell(rig.core, session, 100)  # forwarded payments no longer count
+
+
+def test_card_uses_an_older_version_kept_in_the_state_file_move_to_the_vault(
+    rigs: Factory, cloud: LiveCloud
+) -> None:
+    shop = make_shop(cloud, policy={"max_uses_per_card": 1})
+    rig: Rig = rigs()
+    register(rig, shop)
+    sell(rig.core, connect_online(rig, shop)["session"], 100)
+    tag = rig.state.card_tag("4242424242424242")
+    rig.close()
+    # As an older version left it: the use in reader.json, none in the vault.
+    conn = side_connection(rig.state.vault_dir)
+    conn.execute("DELETE FROM card_uses")
+    conn.close()
+    path = rig.directory / "reader.json"
+    doc = json.loads(path.read_text())
+    doc["card_uses"] = {tag: [1, 99]}  # 99 is no longer held
+    path.write_text(json.dumps(doc))
+
+    again: Rig = rigs()
+    assert again.vault.card_uses(tag) == 1
+    assert "card_uses" not in json.loads(path.read_text())
+    with pytest.raises(ReaderError) as caught:
+        sell(again.core, connect_online(again, shop)["session"], 100)
+    assert code_of(caught) == ErrorCode.OFFLINE_CARD_VELOCITY_EXCEEDED
 
 
 def test_a_full_vault_refuses_with_the_stripe_code(rigs: Factory, shop: Shop) -> None:

@@ -163,6 +163,62 @@ def test_round_trip_and_exact_summary(open_vault: OpenVault, clock: ManualClock)
     assert vault.verify().ok
 
 
+def test_summary_kept_in_step_matches_one_computed_from_the_records(
+    open_vault: OpenVault, clock: ManualClock
+) -> None:
+    vault = open_vault()
+    assert vault.summary().count == 0  # computed from the records, then kept by store()
+    for i, (currency, amount) in enumerate([("usd", 5), ("eur", 7), ("usd", 11)]):
+        clock.advance(-10 if i == 2 else 10)  # a clock set back: the oldest is still the least
+        vault.store(payment(amount, currency, TEST_CARDS[i]))
+        kept = vault.summary()
+        vault.close()
+        vault = open_vault()
+        assert vault.summary() == kept  # the reopened vault computes it afresh
+    assert kept.count == 3 and kept.head_sequence == 3
+    kept.amounts["usd"] = 0  # the caller's copy: the vault's own is untouched
+    assert vault.summary().amounts == {"eur": 7, "usd": 16}
+    vault.store(payment(3, "usd"))
+    vault.remove(1)
+    assert vault.summary().amounts == {"eur": 7, "usd": 14}
+    with side_connection(vault.directory) as conn:
+        conn.execute("UPDATE records SET amount = amount + 1 WHERE sequence = 2")
+    vault.verify()  # quarantines record 2: a write, so the summary is computed again
+    summary = vault.summary()
+    assert summary.quarantined == 1 and summary.amounts == {"eur": 8, "usd": 14}
+
+
+def test_card_uses_are_counted_by_tag_and_leave_with_their_record(
+    open_vault: OpenVault, vault_dir: Path
+) -> None:
+    vault = open_vault()
+    a, b = "a" * 64, "b" * 64
+    vault.store(payment(), card_tag=a)
+    vault.store(payment(), card_tag=a)
+    vault.store(payment(number=TEST_CARDS[1]), card_tag=b)
+    vault.store(payment())  # no tag: counts against no card
+    assert (vault.card_uses(a), vault.card_uses(b)) == (2, 1)
+    with pytest.raises(VaultInputError):
+        vault.store(payment(), card_tag="4242424242424242")  # a keyed hash, never a number
+    assert vault.summary().count == 4
+    vault.remove_many([1, 3])
+    assert (vault.card_uses(a), vault.card_uses(b)) == (1, 0)
+    vault.close()
+    vault = open_vault()
+    assert vault.card_uses(a) == 1
+    # Uses counted elsewhere before: only records still held and not yet tagged are noted.
+    assert vault.note_card_uses({b: [4, 3, 99], a: [2]}) == 1
+    assert (vault.card_uses(a), vault.card_uses(b)) == (1, 1)
+    vault.close()
+    # A vault made before the table existed gets it at open.
+    with side_connection(vault_dir) as conn:
+        conn.execute("DROP TABLE card_uses")
+    vault = open_vault()
+    assert vault.card_uses(a) == 0
+    vault.store(payment(), card_tag=a)
+    assert vault.card_uses(a) == 1 and vault.verify().ok
+
+
 def test_sequence_is_never_reused_after_removal_and_reopen(open_vault: OpenVault) -> None:
     vault = open_vault()
     for _ in range(3):

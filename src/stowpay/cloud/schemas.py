@@ -596,4 +596,28 @@ def _terminal() -> dict[str, Any]:
             "terminal.connection_token",
             {"location": location, "secret": {"type": "string", "pattern": "^pst_test_"}},
         ),
+        #: Stowpay's extension: a forwarded offline record the cloud rejected for good
+        "stowpay.offline_rejection": _obj(
+            "stowpay.offline_rejection",
+            {
+                "id": _id("ofj"),
+                "amount": {"type": "integer", "minimum": 0},
+                "created": _TIME,
+                #: as the record gave it (a rejected record's may be one no payment can have)
+                "currency": _STR,
+                "error": _struct(
+                    {
+                        "code": _STR,
+                        "message": _STR,
+                        "param": _NSTR,
+                        "type": _enum("invalid_request_error"),
+                    }
+                ),
+                "livemode": _LIVEMODE,
+                "local_id": _STR,
+                "reader": _id("tmr"),
+                "sequence": {"type": "integer", "minimum": 1},
+                "stored_at": {"type": "number", "minimum": 0},
+            },
+        ),
     }

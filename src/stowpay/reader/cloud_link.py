@@ -102,6 +102,9 @@ class ReaderContext:
     #: `{"kid", "public_key" (base64), "alg"}`: `vault.SealingKey.from_document` reads it
     sealing_key: Mapping[str, str]
     server_time: float
+    #: the highest offline record sequence the cloud holds from this reader (0: none); None
+    #: from a cloud that does not say. A vault behind it was restored from an older copy.
+    highest_sequence: int | None = None
 
 
 @dataclass(frozen=True)
@@ -316,6 +319,7 @@ class HttpCloudLink:
                 configuration=_map(answer["configuration"]),
                 sealing_key={k: _str(v) for k, v in _map(answer["sealing_key"]).items()},
                 server_time=_num(answer["server_time"]),
+                highest_sequence=_optional_sequence(answer.get("highest_sequence")),
             )
         )
 
@@ -537,6 +541,15 @@ def _int(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise _Malformed("expected an integer")
     return value
+
+
+def _optional_sequence(value: Any) -> int | None:
+    if value is None:
+        return None
+    sequence = _int(value)
+    if sequence < 0:
+        raise _Malformed("a sequence is not negative")
+    return sequence
 
 
 def _num(value: Any) -> float:

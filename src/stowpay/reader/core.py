@@ -276,9 +276,18 @@ class ReaderCore:
         #: probes the cloud now and returns whether it answered (the daemon sets the
         #: connectivity monitor's `check`); used before refusing a payment as "online"
         self.connectivity_check: Callable[[], bool] | None = None
+        # Offline payments wait, after a start, until the vault's counter is known to be past
+        # every sequence the cloud holds from this reader (a heartbeat answered), or the cloud
+        # is known to be unreachable (then the vault's own rollback check is all there is).
+        self._sequence_known = False
+        #: why the counter could not be moved past the cloud's high water (payments wait)
+        self._sequence_blocked: str | None = None
+        #: the latest move of the counter past the cloud's high water, for status
+        self._sequence_advanced: dict[str, float] | None = None
         context = state.context
         if context is not None:
             self._use_sealing_key(context)
+        self._move_legacy_card_uses()
         self.forwarder = Forwarder(
             vault,
             link,
@@ -291,6 +300,17 @@ class ReaderCore:
             account=self._account,
             **dict(forwarder_options or {}),
         )
+
+    def _move_legacy_card_uses(self) -> None:
+        """Move per-card uses an older version kept in the state file into the vault: noted
+        there first, then dropped here, so a crash in between only notes them again."""
+        uses = self.state.legacy_card_uses()
+        try:
+            if uses:
+                self.vault.note_card_uses(uses)
+            self.state.drop_legacy_card_uses()
+        except (VaultError, StateError) as exc:
+            log.error("card_uses_not_moved", error=str(exc))
 
     # -- running -------------------------------------------------------------------------------
 
@@ -402,22 +422,11 @@ class ReaderCore:
                 return None
         lan_url = self._lan_url()
         try:
-            if lan_url is None:
-                ctx = self.link.heartbeat(
-                    identity.device_key,
-                    status="online",
-                    ip_address=self._ip_address(),
-                    device_sw_version=self.software_version,
-                )
-            else:
-                # Only when there is one: links made before discovery take no `lan_url`.
-                ctx = self.link.heartbeat(
-                    identity.device_key,
-                    status="online",
-                    ip_address=self._ip_address(),
-                    device_sw_version=self.software_version,
-                    lan_url=lan_url,
-                )
+            ctx = self._report_in(identity, lan_url)
+        except CloudUnreachable:
+            # Offline: the vault's own rollback check is all there is to go on.
+            self._sequence_known = True
+            raise
         except CloudRefused as exc:
             self.cloud_problem = f"{exc.code}: {exc.message}"
             log.warning("heartbeat_refused", code=exc.code)
@@ -431,7 +440,73 @@ class ReaderCore:
         self.state.save_context(cached)
         self.state.record_software_check(now)
         self.cloud_problem = None if self._use_sealing_key(cached) else self.cloud_problem
+        self._catch_up(ctx.highest_sequence, now)
         return ctx
+
+    def _report_in(self, identity: Identity, lan_url: str | None) -> ReaderContext:
+        if lan_url is None:
+            return self.link.heartbeat(
+                identity.device_key,
+                status="online",
+                ip_address=self._ip_address(),
+                device_sw_version=self.software_version,
+            )
+        # Only when there is one: links made before discovery take no `lan_url`.
+        return self.link.heartbeat(
+            identity.device_key,
+            status="online",
+            ip_address=self._ip_address(),
+            device_sw_version=self.software_version,
+            lan_url=lan_url,
+        )
+
+    def _catch_up(self, highest: int | None, now: float) -> None:
+        """Move the vault's counter past the highest sequence the cloud holds from this reader.
+
+        A vault behind it was restored from an older copy (locally undetectable when the
+        whole directory was): its next payments would reuse sequences the cloud has taken,
+        be rejected as conflicts and never be charged. A cloud that does not say (None)
+        leaves the counter as it is.
+        """
+        if highest is not None:
+            try:
+                skipped = self.vault.advance_sequence(highest)
+            except VaultError as exc:
+                self._sequence_blocked = (
+                    f"the vault is behind the cloud's sequence {highest}: {exc}"
+                )
+                log.error("vault_sequence_not_advanced", highest_sequence=highest, error=str(exc))
+                return
+            if skipped:
+                self._sequence_advanced = {"from": highest - skipped, "to": highest, "at": now}
+                log.warning(
+                    "vault_behind_the_cloud",
+                    head_sequence=highest - skipped,
+                    highest_sequence=highest,
+                    skipped=skipped,
+                )
+        self._sequence_blocked = None
+        self._sequence_known = True
+
+    def _sequence_checked(self) -> None:
+        """Refuse to store until the counter is known to be past the cloud's sequences (or the
+        cloud to be unreachable); asks with a heartbeat the first time after a start."""
+        if not self._sequence_known:
+            try:
+                self.heartbeat()
+            except CloudUnreachable:
+                pass
+            except Exception:
+                log.error("sequence_check_failed", exc_info=True)
+        if self._sequence_known and self._sequence_blocked is None:
+            return
+        why = self._sequence_blocked or self.cloud_problem or "no heartbeat has been answered"
+        raise ReaderError(
+            ErrorCode.OFFLINE_TRANSACTION_DECLINED,
+            "The reader cannot store offline payments until its sequence is checked with the "
+            f"cloud ({why}); nothing was kept. Try again shortly, or take another form of "
+            "payment.",
+        )
 
     def _use_sealing_key(self, context: CachedContext) -> bool:
         try:
@@ -445,6 +520,8 @@ class ReaderCore:
     def set_online(self, online: bool) -> None:
         """The connectivity monitor saw the cloud come or go."""
         self._online = online
+        if not online:
+            self._sequence_known = True
         self._emit_status()
         if online:
             self.forwarder.wake()
@@ -971,8 +1048,11 @@ class ReaderCore:
         local_id: str,
     ) -> tuple[dict[str, Any], StoredPayment]:
         """Apply the offline limits and store the payment; caller holds `_confirming`."""
+        self._sequence_checked()
         now = self.clock.now()
-        number = reading.card.number
+        # Uses are counted in the vault under a keyed hash of the number, in each payment's own
+        # transaction, so the count is exact after a crash and costs no write of its own.
+        card_tag = self.state.card_tag(reading.card.number)
         try:
             check_amount(
                 intent.amount, intent.currency, offline_currencies=None, policy=context.policy
@@ -985,7 +1065,7 @@ class ReaderCore:
                 stored_count=summary.count,
                 stored_totals=summary.amounts,
                 oldest_stored_at=summary.oldest_stored_at,
-                uses_of_card=self.state.card_uses(number),
+                uses_of_card=self.vault.card_uses(card_tag),
                 now=now,
             )
         except RuleError as exc:
@@ -1004,7 +1084,7 @@ class ReaderCore:
             local_id=local_id,
         )
         try:
-            stored = self.vault.store(payment)
+            stored = self.vault.store(payment, card_tag=card_tag)
         except VaultFullError:
             raise ReaderError(ErrorCode.OFFLINE_PAYMENTS_DATABASE_TOO_LARGE) from None
         except VaultInputError as exc:
@@ -1022,10 +1102,6 @@ class ReaderCore:
             intent.reading = None
             intent.status = "requires_capture" if intent.capture_method == "manual" else "succeeded"
             answer = intent.as_dict()
-        try:
-            self.state.add_card_use(number, stored.sequence)
-        except StateError:
-            log.error("card_use_not_recorded", sequence=stored.sequence)
         return answer, stored
 
     def _declined(self, exc: VaultError) -> ReaderError:
@@ -1178,11 +1254,8 @@ class ReaderCore:
             request.done.set()
 
     def on_payment_forwarded(self, record: StoredPayment, outcome: ForwardOutcome) -> None:
-        """The forwarder's listener: a record has its outcome and left the vault."""
-        try:
-            self.state.forget_card_uses([record.sequence])
-        except StateError:
-            log.error("card_use_not_forgotten", sequence=record.sequence)
+        """The forwarder's listener: a record has its outcome and left the vault (and with it,
+        its card's use)."""
         with self._lock:
             self._intents.pop(record.local_id, None)
             if record.local_id.startswith("pi_"):
@@ -1242,6 +1315,13 @@ class ReaderCore:
             },
             "connected_pos": None if session is None else session.pos_id,
             "cloud_problem": self.cloud_problem,
+            "sequence_check": {
+                "checked": self._sequence_known and self._sequence_blocked is None,
+                "blocked": self._sequence_blocked,
+                "advanced": None
+                if self._sequence_advanced is None
+                else dict(self._sequence_advanced),
+            },
         }
 
     def _offline_block(self, now: float) -> dict[str, Any]:
@@ -1249,9 +1329,6 @@ class ReaderCore:
             summary = self.vault.summary()
         except VaultError as exc:
             return {"error": str(exc)}
-        if summary.count == 0:
-            with contextlib.suppress(StateError):
-                self.state.clear_card_uses()
         oldest = summary.oldest_stored_at
         return {
             "count": summary.count,

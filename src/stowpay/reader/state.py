@@ -6,8 +6,10 @@ Files (all mode 0600, each replaced atomically so a crash leaves the old or the 
   The device key is the reader's credential at the cloud (`rdk_test_...`).
 - ``reader.json``: everything else: the serial number, the registration code being shown, the
   cloud context of the last heartbeat (Location, Configuration, sealing key), the connection
-  history the offline rules read, the hashes of the POS pairing secrets, and the per-card use
-  counts of payments held offline, keyed by an HMAC of the card number (never the number).
+  history the offline rules read, the hashes of the POS pairing secrets, and the key of the
+  card tags (an HMAC of the card number). The per-card use counts of payments held offline
+  live in the vault, under those tags (never the number), in each payment's own transaction.
+  A ``card_uses`` entry here is from an older version and is moved to the vault at start.
 - ``vault/``: the offline vault (`stowpay.reader.vault`), opened by whoever runs the reader.
 
 Pairing secrets are kept as SHA-256 hashes only: a copy of the directory does not let anyone
@@ -24,7 +26,7 @@ import random
 import secrets
 import stat
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,49 +337,30 @@ class ReaderState:
             return False
         return hmac.compare_digest(hash_secret(secret), str(entry["hash"]))
 
-    # -- per-card use counts -------------------------------------------------------------------
+    # -- card tags ---------------------------------------------------------------------------------
 
     def card_tag(self, number: str) -> str:
         """A keyed hash of a card number: stable on this reader, useless without its key."""
         key = bytes.fromhex(str(self._doc["card_key"]))
         return hmac.new(key, b"stowpay card v1\x00" + number.encode(), hashlib.sha256).hexdigest()
 
-    def card_uses(self, number: str) -> int:
-        """How many payments with this card the reader holds offline."""
+    def legacy_card_uses(self) -> dict[str, list[int]]:
+        """Per-card uses an older version kept here (card tag -> sequences), to move over."""
         with self._mutex:
-            uses = dict(self._doc.get("card_uses") or {})
-            return len(uses.get(self.card_tag(number), []))
-
-    def add_card_use(self, number: str, sequence: int) -> None:
-        """A payment with this card was stored as `sequence`."""
-        with self._mutex:
-            uses = dict(self._doc.get("card_uses") or {})
-            tag = self.card_tag(number)
-            uses[tag] = sorted({*uses.get(tag, []), sequence})
-            self._doc["card_uses"] = uses
-            self._save()
-
-    def forget_card_uses(self, sequences: Iterable[int]) -> None:
-        """These records left the vault: they no longer count against their card."""
-        gone = set(sequences)
-        with self._mutex:
-            uses = dict(self._doc.get("card_uses") or {})
-            changed = {
-                tag: [s for s in seqs if s not in gone]
-                for tag, seqs in uses.items()
-                if any(s in gone for s in seqs)
+            raw = self._doc.get("card_uses")
+            if not isinstance(raw, Mapping):
+                return {}
+            return {
+                str(tag): [int(s) for s in seqs if type(s) is int]
+                for tag, seqs in raw.items()
+                if isinstance(seqs, list)
             }
-            if not changed:
-                return
-            uses.update(changed)
-            self._doc["card_uses"] = {tag: seqs for tag, seqs in uses.items() if seqs}
-            self._save()
 
-    def clear_card_uses(self) -> None:
-        """The vault is empty: no card has a payment held."""
+    def drop_legacy_card_uses(self) -> None:
+        """The uses an older version kept here are in the vault now: forget them here."""
         with self._mutex:
-            if self._doc.get("card_uses"):
-                self._doc["card_uses"] = {}
+            if "card_uses" in self._doc:
+                del self._doc["card_uses"]
                 self._save()
 
     # -- writing -------------------------------------------------------------------------------

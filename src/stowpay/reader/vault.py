@@ -32,6 +32,11 @@ A record (table ``records``, one row per stored payment)
   ``HKDF(device key, salt=vault_id, info="stowpay vault display v1" | sequence)``, with the
   record's identity (vault, account, reader, sequence, local id) as associated data.
 
+Table ``card_uses`` holds ``(tag, sequence)`` for each record stored with a card tag (the
+reader's keyed hash of the card number, never the number), for the merchant's per-card limit.
+It is written in the record's own transaction and deleted with it; like ``quarantine`` it is a
+local annotation outside the chain.
+
 The chain
 ---------
 ``mac = HMAC-SHA256(mac_key, prev_mac || canonical)`` where ``canonical`` is a domain tag, the
@@ -81,10 +86,13 @@ What is not: a copy of the whole directory (database and tip together), and a co
 the last tip write (it looks like the vault after a crash). Those are left to the cloud, which
 keeps per-(account, reader) sequence state: a re-sent record it has seen is answered from its
 permanent record (never charged twice); a reused sequence with different content is refused as
-a conflict; sequences it never receives show as gaps. Payments acknowledged after the copy and
-never forwarded are lost with such a rollback, and no party can see them. ``tip_every=1``
-closes that window (to the instant between a commit and its tip write) for the cost of two
-more fsyncs (the tip file and its directory) per store.
+a conflict; sequences it never receives show as gaps. Its heartbeat answer carries the highest
+sequence it has seen from the reader, and the reader moves a counter that is behind past it
+(`Vault.advance_sequence`) before storing more, so payments taken after such a restore get
+fresh sequences and are charged. Payments acknowledged after the copy and never forwarded are
+lost with such a rollback, and no party can see them. ``tip_every=1`` closes that window (to
+the instant between a commit and its tip write) for the cost of two more fsyncs (the tip file
+and its directory) per store.
 """
 
 from __future__ import annotations
@@ -129,6 +137,11 @@ LOCK_NAME = "vault.lock"
 #: Default capacity; past either limit `Vault.store` raises `VaultFullError`.
 DEFAULT_MAX_RECORDS = 100_000
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+#: Most sequences `Vault.advance_sequence` skips while records are held (each is kept as a
+#: removed link until the records below it leave); with none held any jump is one change.
+MAX_HELD_SKIP = 10_000
+#: `advance_sequence` stays well inside SQLite's 64-bit integers.
+_MAX_ADVANCE = 1 << 62
 
 CAPTURE_METHODS = frozenset({"automatic", "automatic_async", "manual"})
 #: EMV tags that carry track data (56, 57, 9F1F, 9F20, 9F6B) or PIN data (99): never stored.
@@ -140,6 +153,7 @@ _NONCE_LEN = 12
 _ID = re.compile(r"[A-Za-z0-9_\-]{1,255}")
 _CURRENCY = re.compile(r"[a-z]{3}")
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2})*")
+_TAG = re.compile(r"[0-9a-f]{64}")
 # Runs of 13-19 digits, possibly in groups split by one space or dash: how a PAN gets typed.
 #: Receipt fields that carry the chip's own hex values (see `_prepare`).
 RECEIPT_CHIP_FIELDS = frozenset(
@@ -693,6 +707,29 @@ _SCHEMA = (
         at REAL NOT NULL
     ) STRICT""",
 )
+#: The card tag of each held record (see `Vault.card_uses`); made at open in older vaults.
+#: A local annotation like ``quarantine``: it feeds the merchant's per-card limit only, so
+#: it is not part of the chain, and it leaves with its record. One b-tree keyed by tag, so a
+#: store writes one more page, not two; a removal scans it once per batch.
+_CARD_USES_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS card_uses (
+        tag BLOB NOT NULL,
+        sequence INTEGER NOT NULL,
+        PRIMARY KEY (tag, sequence)
+    ) STRICT, WITHOUT ROWID""",
+)
+_INSERT_RECORD = (
+    f"INSERT INTO records ({', '.join(n for n, _ in _RECORD_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_RECORD_COLUMNS))})"
+)
+_SELECT_STATE = (
+    f"SELECT {', '.join(_STATE_COLUMNS)}, "
+    + " || ',' || ".join(f"typeof({c})" for c in _STATE_COLUMNS)
+    + " FROM vault_state WHERE id = 1"
+)
+_UPDATE_STATE = (
+    "UPDATE vault_state SET " + ", ".join(f"{c} = ?" for c in _STATE_COLUMNS) + " WHERE id = 1"
+)
 
 
 @dataclass(frozen=True)
@@ -740,6 +777,9 @@ class Vault:
         self._store_refused: VaultError | None = None
         self._failed: str | None = None
         self._mutex = threading.RLock()
+        #: What `summary` answers, kept in step by `store` and dropped by every other write
+        #: (recomputed on the next call), so a confirm does not walk every held record.
+        self._summary: VaultSummary | None = None
         #: The report of the verify run at open.
         self.last_report: VerifyReport | None = None
 
@@ -832,7 +872,7 @@ class Vault:
         ).sealed_with(self._keys.mac)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA:
+            for statement in _SCHEMA + _CARD_USES_SCHEMA:
                 conn.execute(statement)
             conn.execute(
                 f"INSERT INTO vault_state (id, {', '.join(_STATE_COLUMNS)}) "
@@ -857,6 +897,14 @@ class Vault:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version != FORMAT:
                 raise VaultCorruptError(f"unknown vault format {version!r}")
+            has_card_uses = conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'card_uses'"
+            ).fetchone()[0]
+        if not has_card_uses:
+            with self._mutex, self._transaction() as conn:
+                for statement in _CARD_USES_SCHEMA:
+                    conn.execute(statement)
+        with self._reading() as conn:
             state = self._read_state()
             removed = self._read_removed()
             findings = self._state_findings(state, removed) + self._tip_findings(state, removed)
@@ -888,8 +936,11 @@ class Vault:
         with self._mutex:
             self._sealing_key = key
 
-    def store(self, payment: OfflinePayment) -> StoredPayment:
+    def store(self, payment: OfflinePayment, *, card_tag: str | None = None) -> StoredPayment:
         """Store a payment durably; return only after COMMIT returned.
+
+        `card_tag` (a keyed hash of the card number, never the number) is kept with the record
+        in the same transaction, for `card_uses`, and leaves with it.
 
         Raises `VaultFullError` when over capacity, `VaultWriteError` for any write failure
         (a full disk included) — in both cases nothing of the payment is kept and every earlier
@@ -905,6 +956,9 @@ class Vault:
             key = self._sealing_key
             if key is None:
                 raise VaultConfigError("no sealing key: fetch the cloud's public key first")
+            if card_tag is not None and not _TAG.fullmatch(card_tag):
+                raise VaultInputError("a card tag is 64 hex digits (a keyed hash)")
+            cached = self._summary
             with self._transaction() as conn:
                 state = self._checked_state()
                 live = state.head - state.anchor - state.removed_count
@@ -948,14 +1002,26 @@ class Vault:
                     )
                 mac = _mac(self._keys.mac, row.prev_mac, row.canonical(state.vault_id))
                 row = row._replace(mac=mac)
-                conn.execute(
-                    f"INSERT INTO records ({', '.join(n for n, _ in _RECORD_COLUMNS)}) "
-                    f"VALUES ({', '.join('?' * len(_RECORD_COLUMNS))})",
-                    _sql_values(row),
-                )
+                conn.execute(_INSERT_RECORD, _sql_values(row))
+                if card_tag is not None:
+                    conn.execute(
+                        "INSERT INTO card_uses (tag, sequence) VALUES (?, ?)",
+                        (bytes.fromhex(card_tag), sequence),
+                    )
                 self._save_state(conn, state, head=sequence, head_mac=mac)
             # Committed: from here on nothing may raise, or the POS would decline a payment
             # that is stored and will be charged.
+            if cached is not None:
+                amounts = dict(cached.amounts)
+                amounts[payment.currency] = amounts.get(payment.currency, 0) + payment.amount
+                oldest = cached.oldest_stored_at
+                self._summary = replace(
+                    cached,
+                    count=cached.count + 1,
+                    amounts=dict(sorted(amounts.items())),
+                    oldest_stored_at=stored_at if oldest is None else min(oldest, stored_at),
+                    head_sequence=sequence,
+                )
             self._stores_since_tip += 1
             if self._tip_every and self._stores_since_tip >= self._tip_every:
                 self._write_tip_quietly()
@@ -1061,10 +1127,82 @@ class Vault:
                     done = [(seq,) for seq, _ in links]
                     conn.executemany("DELETE FROM records WHERE sequence = ?", done)
                     conn.executemany("DELETE FROM quarantine WHERE sequence = ?", done)
+                    conn.execute(
+                        "DELETE FROM card_uses WHERE sequence IN (SELECT value FROM json_each(?))",
+                        (json.dumps([seq for seq, _ in links]),),
+                    )
                     self._absorb_removals(conn, state, links)
             if links or self._tip_dirty:
                 self._write_tip()
             return [seq for seq, _ in links]
+
+    def advance_sequence(self, to: int) -> int:
+        """Move the counter up to `to` (the next payment gets `to + 1`); how many were skipped.
+
+        For a vault restored from an older copy (the whole directory, which no local check can
+        tell from the genuine one): its counter is behind what the cloud has already seen from
+        this reader, and its next payments would reuse sequences the cloud holds other records
+        under (refused as conflicts: acknowledged at the till, never charged). The reader moves
+        the counter past the cloud's high water before storing anything more.
+
+        Never goes backwards: a `to` at or below the counter changes nothing (0). The skipped
+        sequences count as removed, so `verify` finds none missing and a record turning up
+        under one of them is a replay: with no record held, the anchor moves with the counter
+        (one state change, whatever the jump); with records held, each skipped sequence is kept
+        as a removed link (at most `MAX_HELD_SKIP`). One transaction, the state row re-MACed,
+        then the tip file is written, so a copy from before the advance is refused at open.
+
+        Raises `VaultInputError` for `to` out of range or a longer jump while records are held
+        (forward them first), the salvage refusal (`VaultRollbackError`) in salvage mode,
+        `VaultCorruptError` for an altered state, `VaultWriteError` if the write fails.
+        """
+        if type(to) is not int or not 0 <= to < _MAX_ADVANCE:
+            raise VaultInputError(f"a sequence to advance to is an integer in [0, {_MAX_ADVANCE})")
+        with self._mutex:
+            if self._store_refused is not None:
+                raise self._store_refused
+            if to <= self.head_sequence:
+                return 0
+            with self._transaction() as conn:
+                state, _ = self._trusted_state(allow_salvage=False)
+                if to <= state.head:
+                    return 0
+                skipped = to - state.head
+                to_mac = self._skip_mac(state.vault_id, to)
+                if state.anchor == state.head:
+                    self._save_state(
+                        conn,
+                        state,
+                        head=to,
+                        head_mac=to_mac,
+                        anchor=to,
+                        anchor_mac=to_mac,
+                        removed_total=state.removed_total + skipped,
+                    )
+                else:
+                    if skipped > MAX_HELD_SKIP:
+                        raise VaultInputError(
+                            f"cannot skip {skipped} sequences while records are held (at most "
+                            f"{MAX_HELD_SKIP}); forward the held records first"
+                        )
+                    links = [
+                        (s, self._skip_mac(state.vault_id, s)) for s in range(state.head + 1, to)
+                    ]
+                    links.append((to, to_mac))
+                    moved = self._save_state(conn, state, head=to, head_mac=to_mac)
+                    self._absorb_removals(conn, moved, links)
+            log.warning(
+                "vault_sequence_advanced",
+                directory=str(self.directory),
+                head=to - skipped,
+                to=to,
+            )
+            self._write_tip_quietly()
+            return skipped
+
+    def _skip_mac(self, vault_id: bytes, sequence: int) -> bytes:
+        """The link value of a sequence skipped by `advance_sequence` (no record has it)."""
+        return _mac(self._keys.mac, b"stowpay vault skipped v1\x00", _enc(vault_id, sequence))
 
     def verify(self, *, integrity: bool = True) -> VerifyReport:
         """Check everything without decrypting anything; quarantine and report what fails.
@@ -1106,8 +1244,15 @@ class Vault:
             ]
 
     def summary(self) -> VaultSummary:
-        """Count and exact amounts by currency of every record held, and the oldest one's time."""
+        """Count and exact amounts by currency of every record held, and the oldest one's time.
+
+        Computed from the records once, then kept up to date by `store`; any other write
+        (a removal, a quarantine) has it computed again.
+        """
         with self._reading() as conn:
+            cached = self._summary
+            if cached is not None:
+                return replace(cached, amounts=dict(cached.amounts))
             rows = conn.execute(
                 "SELECT CAST(currency AS TEXT), count(*), sum(amount), min(stored_at) "
                 "FROM records GROUP BY 1 ORDER BY 1"
@@ -1115,13 +1260,43 @@ class Vault:
             quarantined = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
             state = self._read_state()
             oldest = [_float(t) for *_, t in rows]
-            return VaultSummary(
+            summary = VaultSummary(
                 count=sum(_int(n) for _, n, _, _ in rows),
                 amounts={_text(cur): _int(total) for cur, _, total, _ in rows},
                 oldest_stored_at=min(oldest) if oldest else None,
                 quarantined=_int(quarantined),
                 head_sequence=state.head,
             )
+            self._summary = summary
+            return replace(summary, amounts=dict(summary.amounts))
+
+    def card_uses(self, card_tag: str) -> int:
+        """How many held records were stored with this card tag (see `store`)."""
+        with self._reading() as conn:
+            if not _TAG.fullmatch(card_tag):
+                raise VaultInputError("a card tag is 64 hex digits (a keyed hash)")
+            row = conn.execute(
+                "SELECT count(*) FROM card_uses WHERE tag = ?", (bytes.fromhex(card_tag),)
+            )
+            return _int(row.fetchone()[0])
+
+    def note_card_uses(self, uses: Mapping[str, Iterable[int]]) -> int:
+        """Tag records already held (card tag -> sequences), for uses counted elsewhere before.
+
+        Sequences no longer held, or tagged already, are skipped; returns how many were tagged.
+        """
+        pairs = [(seq, tag) for tag, seqs in uses.items() if _TAG.fullmatch(tag) for seq in seqs]
+        if not pairs:
+            return 0
+        with self._mutex, self._transaction() as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT INTO card_uses (tag, sequence) SELECT ?, sequence FROM records "
+                "WHERE sequence = ? AND NOT EXISTS "
+                "(SELECT 1 FROM card_uses WHERE sequence = records.sequence)",
+                [(bytes.fromhex(tag), seq) for seq, tag in pairs],
+            )
+            return int(conn.total_changes - before)
 
     @property
     def head_sequence(self) -> int:
@@ -1212,6 +1387,8 @@ class Vault:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT; any SQLite error becomes `VaultWriteError` after rollback."""
         conn = self._connection()
+        # Whatever this writes, the cached summary may no longer match it.
+        self._summary = None
         committing = False
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -1253,15 +1430,7 @@ class Vault:
         self._lock_file.release()
 
     def _read_state(self) -> _State:
-        raw = (
-            self._connection()
-            .execute(
-                f"SELECT {', '.join(_STATE_COLUMNS)}, "
-                + " || ',' || ".join(f"typeof({c})" for c in _STATE_COLUMNS)
-                + " FROM vault_state WHERE id = 1"
-            )
-            .fetchone()
-        )
+        raw = self._connection().execute(_SELECT_STATE).fetchone()
         if raw is None or raw[-1] != _STATE_TYPES:
             raise VaultCorruptError("the vault's state row is missing or malformed")
         state = _State(*raw[:-1])
@@ -1287,12 +1456,7 @@ class Vault:
 
     def _save_state(self, conn: sqlite3.Connection, state: _State, **changes: Any) -> _State:
         new = state.sealed_with(self._keys.mac, **changes)
-        conn.execute(
-            "UPDATE vault_state SET "
-            + ", ".join(f"{c} = ?" for c in _STATE_COLUMNS)
-            + " WHERE id = 1",
-            _state_values(new),
-        )
+        conn.execute(_UPDATE_STATE, _state_values(new))
         return new
 
     def _key_check(self, vault_id: bytes) -> bytes:
@@ -1804,10 +1968,11 @@ def _load_device_key(path: Path, *, create: bool) -> bytes:
 
 def _used_bytes(conn: sqlite3.Connection) -> int:
     """Bytes in pages that hold data (free pages excluded), as of this transaction."""
-    pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-    size = conn.execute("PRAGMA page_size").fetchone()[0]
-    return int((pages - free) * size)
+    row = conn.execute(
+        "SELECT (p.page_count - f.freelist_count) * s.page_size "
+        "FROM pragma_page_count() p, pragma_freelist_count() f, pragma_page_size() s"
+    ).fetchone()
+    return int(row[0])
 
 
 def _state_values(state: _State) -> tuple[Any, ...]:

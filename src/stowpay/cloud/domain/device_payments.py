@@ -43,7 +43,14 @@ from ..storage import Tx
 from . import payment_intents as pis
 from . import terminal
 from .events import public
-from .offline_ingest import RECORD, ForwardedPayment, Outcome, _card_present_method, record_id
+from .offline_ingest import (
+    RECORD,
+    ForwardedPayment,
+    Outcome,
+    _card_present_method,
+    keep_rejection,
+    record_id,
+)
 
 #: The ids a reader's records carry when the payment was created online (a PaymentIntent's).
 ONLINE_ID_PREFIX = "pi_"
@@ -278,7 +285,7 @@ def settle_forwarded(
     try:
         status, pi, error = _settle(ctx, reader, p, card, number)
     except InvalidRequestError as exc:
-        return Outcome(p.sequence, "rejected", None, exc.to_body()["error"], replayed=False)
+        return keep_rejection(ctx, reader["id"], p, exc.to_body()["error"])
     ctx.tx.insert(
         ctx.account_id,
         {

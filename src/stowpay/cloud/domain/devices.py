@@ -29,7 +29,14 @@ from ..sealing import private_sealing_key, public_sealing_key
 from ..storage import Tx
 from ..storage.device_keys import device_key_owner, replace_device_key
 from . import terminal
-from .offline_ingest import ForwardedPayment, Outcome, digest_of, ingest
+from .offline_ingest import (
+    ForwardedPayment,
+    Outcome,
+    digest_of,
+    highest_sequence,
+    ingest,
+    keep_rejection,
+)
 
 DEVICE_KEY_PREFIX = "rdk_test_"
 
@@ -136,7 +143,12 @@ def heartbeat(
 
 
 def reader_context(tx: Tx, clock: Clock, account_id: str, reader: dict[str, Any]) -> dict[str, Any]:
-    """The reader as the cloud sees it, its Location, Configuration and the sealing key."""
+    """The reader as the cloud sees it, its Location, Configuration and the sealing key.
+
+    `highest_sequence` is the highest offline record sequence the cloud holds from this
+    reader: a reader whose vault is behind it (restored from an older copy) moves past it
+    before storing more, or its next payments would reuse sequences already taken.
+    """
     location_id = reader.get("location")
     location = tx.get(account_id, location_id, terminal.LOCATION) if location_id else None
     configuration = terminal.effective_configuration(tx, account_id, location_id)
@@ -149,6 +161,7 @@ def reader_context(tx: Tx, clock: Clock, account_id: str, reader: dict[str, Any]
         "configuration": configuration,
         "sealing_key": public_sealing_key(tx, clock),
         "server_time": clock.now(),
+        "highest_sequence": highest_sequence(tx, account_id, reader["id"]),
     }
 
 
@@ -236,27 +249,35 @@ class ArrivedRecord:
         )
 
 
-def _rejected(sequence: int, code: str, message: str) -> Outcome:
-    error = {"type": "invalid_request_error", "code": code, "message": message}
-    return Outcome(sequence, "rejected", None, error, replayed=False)
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"type": "invalid_request_error", "code": code, "message": message}
 
 
-def _refusal(account_id: str, reader_id: str, record: ArrivedRecord) -> Outcome | None:
-    """Why this reader may not forward this record (an outcome), or None."""
-    if record.account != account_id:
-        return _rejected(
-            record.sequence,
+def _refusal(ctx: Context, reader_id: str, record: ArrivedRecord) -> Outcome | None:
+    """Why this reader may not forward this record (an outcome, kept), or None."""
+    error: dict[str, Any] | None = None
+    if record.account != ctx.account_id:
+        error = _error(
             "offline_record_account_mismatch",
             "The record was stored for another account than this reader's; it is not charged.",
         )
-    if record.forward_key != forward_key_for(account_id, reader_id, record.sequence):
-        return _rejected(
-            record.sequence,
+    elif record.forward_key != forward_key_for(ctx.account_id, reader_id, record.sequence):
+        error = _error(
             "offline_record_key_invalid",
             "The record's forward_key is not the one of this account, reader and sequence; "
             "it is not charged.",
         )
-    return None
+    if error is None:
+        return None
+    # Kept under what arrived, account and key included: it never blocks the genuine record.
+    return keep_rejection(
+        ctx,
+        reader_id,
+        record.payment(),
+        error,
+        account=record.account,
+        forward_key=record.forward_key,
+    )
 
 
 def forward(
@@ -282,7 +303,7 @@ def forward(
                 "nothing was forwarded.",
                 code="account_id_mismatch",
             )
-    refusals = [_refusal(ctx.account_id, reader["id"], r) for r in records]
+    refusals = [_refusal(ctx, reader["id"], r) for r in records]
     accepted = [r.payment() for r, refused in zip(records, refusals, strict=True) if not refused]
     ingested: list[Outcome] = []
     if accepted:

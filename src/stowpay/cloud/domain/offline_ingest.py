@@ -8,7 +8,15 @@ last4 and a fingerprint), creates and confirms the PaymentIntent with
 permanent key per (reader, sequence). The same record arriving again, however late, gets the
 recorded outcome back and is never charged twice. The reader's sequence is watched: a gap
 (records missing), a repeat, or a different record under a used sequence (a restored older
-vault) is reported.
+vault) is reported, and its high water is told to the reader in each heartbeat
+(`highest_sequence`), so a reader whose vault went back in time moves past it.
+
+A record rejected for good (another account, a forged forward key, a seal that does not open,
+a field no PaymentIntent can have, a used sequence with other content) is kept as a
+`stowpay.offline_rejection` the merchant can list. It is kept under a key made from what
+arrived (`rejection_id`), never under the sequence alone: the same record arriving again gets
+the same rejection back (`replayed`), while a forged record cannot take the sequence from the
+genuine one, which is still charged when it comes.
 """
 
 from __future__ import annotations
@@ -24,11 +32,13 @@ from ...wire import cards
 from ...wire.errors import CardError, InvalidRequestError
 from ...wire.money import MAXIMUM_AMOUNT
 from ..api import Context
+from ..storage import Tx
 from ..storage.store import BatchTx
 from . import payment_intents as pis
 
 RECORD = "stowpay.offline_record"
 SEQUENCE = "stowpay.reader_sequence"
+REJECTION = "stowpay.offline_rejection"
 
 #: Opens a sealed envelope for (sealed, associated data); raises ValueError if it will not.
 Unsealer = Callable[[bytes, bytes], bytes]
@@ -69,6 +79,83 @@ def record_id(reader_id: str, sequence: int) -> str:
     return f"ofr_{reader_id}_{sequence}"
 
 
+def sequence_id(reader_id: str) -> str:
+    """The key of a reader's sequence state (high water, gaps, repeats, conflicts)."""
+    return f"rsq_{reader_id}"
+
+
+def highest_sequence(tx: Tx, account_id: str, reader_id: str) -> int:
+    """The highest sequence the cloud has taken a record under from this reader (0: none)."""
+    state = tx.get(account_id, sequence_id(reader_id), SEQUENCE)
+    return 0 if state is None else int(state["high_water"])
+
+
+def rejection_id(
+    reader_id: str,
+    sequence: int,
+    digest: str,
+    *,
+    account: str | None = None,
+    forward_key: str | None = None,
+) -> str:
+    """The key a rejected record is kept under: its reader, sequence and content.
+
+    `account` and `forward_key` are given for a record refused for them (they are not in the
+    digest), so a record with a forged key never shares a key with the genuine one; records
+    that passed those checks carry the reader's own, and leave them out.
+    """
+    seen = "\x00".join((digest, account or "", forward_key or ""))
+    return f"ofj_{reader_id}_{sequence}_{hashlib.sha256(seen.encode()).hexdigest()[:32]}"
+
+
+def keep_rejection(
+    ctx: Context,
+    reader_id: str,
+    p: ForwardedPayment,
+    error: dict[str, Any],
+    *,
+    account: str | None = None,
+    forward_key: str | None = None,
+) -> Outcome:
+    """Reject a record for good, keeping the rejection for the merchant; the same record again
+    gets the rejection it got the first time (`replayed`)."""
+    rid = rejection_id(reader_id, p.sequence, p.digest, account=account, forward_key=forward_key)
+    prior = ctx.tx.get(ctx.account_id, rid, REJECTION)
+    if prior is not None:
+        return Outcome(p.sequence, "rejected", None, prior["error"], replayed=True)
+    kept = {
+        "type": str(error.get("type") or "invalid_request_error"),
+        "code": str(error.get("code") or "offline_record_rejected"),
+        "message": str(error.get("message") or "The record was rejected."),
+        "param": error.get("param") if isinstance(error.get("param"), str) else None,
+    }
+    ctx.tx.insert(
+        ctx.account_id,
+        {
+            "id": rid,
+            "object": REJECTION,
+            "created": ctx.now(),
+            "livemode": False,
+            "reader": reader_id,
+            "sequence": p.sequence,
+            "local_id": p.local_id,
+            "amount": p.amount,
+            "currency": p.currency,
+            "stored_at": p.stored_at,
+            "error": kept,
+        },
+        ref=reader_id,
+    )
+    return Outcome(p.sequence, "rejected", None, error, replayed=False)
+
+
+def _prior_rejection(ctx: Context, reader_id: str, p: ForwardedPayment) -> Outcome | None:
+    prior = ctx.tx.get(ctx.account_id, rejection_id(reader_id, p.sequence, p.digest), REJECTION)
+    if prior is None:
+        return None
+    return Outcome(p.sequence, "rejected", None, prior["error"], replayed=True)
+
+
 def ingest(
     ctx: Context,
     reader: dict[str, Any],
@@ -87,6 +174,11 @@ def ingest(
     tx = BatchTx(ctx.tx)
     bctx = dataclasses.replace(ctx, tx=tx)
     tx.prefetch(ctx.account_id, [record_id(reader["id"], p.sequence) for p in batch], RECORD)
+    tx.prefetch(
+        ctx.account_id,
+        [rejection_id(reader["id"], p.sequence, p.digest) for p in batch],
+        REJECTION,
+    )
     seq_state = _sequence_state(bctx, reader["id"])
     outcomes = [
         _ingest_one(bctx, reader, p, seq_state, unseal, associated_data)
@@ -100,7 +192,7 @@ def ingest(
 
 
 def _sequence_state(ctx: Context, reader_id: str) -> dict[str, Any]:
-    sid = f"rsq_{reader_id}"
+    sid = sequence_id(reader_id)
     state = ctx.tx.get(ctx.account_id, sid, SEQUENCE)
     if state is None:
         state = {
@@ -135,21 +227,24 @@ def _ingest_one(
     associated_data: Callable[[str, str, int], bytes],
 ) -> Outcome:
     rid = record_id(reader["id"], p.sequence)
+    # A record rejected before gets that rejection again, whatever came since.
+    rejected = _prior_rejection(ctx, reader["id"], p)
+    if rejected is not None:
+        return rejected
     prior = ctx.tx.get(ctx.account_id, rid, RECORD)
     if prior is not None:
         if prior["digest"] != p.digest:
             # The same sequence with different content: the reader's vault went back in time.
             seq_state["conflicts"].append(p.sequence)
-            return Outcome(
-                p.sequence,
-                "rejected",
-                None,
+            return keep_rejection(
+                ctx,
+                reader["id"],
+                p,
                 _err(
                     "offline_record_conflict",
                     f"Sequence {p.sequence} of reader {reader['id']} was already used by another "
                     "record; the reader's vault may have been restored from an older copy.",
                 ),
-                replayed=False,
             )
         seq_state["repeats"] += 1
         pi = ctx.tx.get(ctx.account_id, prior["payment_intent"], "payment_intent")
@@ -159,22 +254,21 @@ def _ingest_one(
         card = json.loads(plain)
         number = str(card["number"])
     except (ValueError, KeyError, TypeError):
-        return Outcome(
-            p.sequence,
-            "rejected",
-            None,
+        return keep_rejection(
+            ctx,
+            reader["id"],
+            p,
             _err(
                 "offline_record_unreadable",
                 "The record's sealed card data does not open for this account, reader and "
                 "sequence; it was altered or belongs elsewhere.",
             ),
-            replayed=False,
         )
     try:
         _check_fields(p)
     except InvalidRequestError as exc:
         # Refused before anything is made for it: no PaymentMethod, no sequence noted.
-        return Outcome(p.sequence, "rejected", None, exc.to_body()["error"], replayed=False)
+        return keep_rejection(ctx, reader["id"], p, exc.to_body()["error"])
     _note_sequence(seq_state, p.sequence)
     if p.local_id.startswith("pi_"):
         # Created online, stored when its confirm went unanswered: the cloud may have charged.
@@ -209,7 +303,7 @@ def _ingest_one(
             error = exc.to_body()["error"]
             pi = pis.get(ctx, pi["id"])
     except InvalidRequestError as exc:
-        return Outcome(p.sequence, "rejected", None, exc.to_body()["error"], replayed=False)
+        return keep_rejection(ctx, reader["id"], p, exc.to_body()["error"])
     ctx.tx.insert(
         ctx.account_id,
         {

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, Field
 from ...wire.errors import NotFoundError
 from ...wire.money import SUPPORTED
 from ..api import Context, api
+from ..domain import offline_ingest
 from ..domain import terminal as domain
 from ..params import Id, ListParams, MetadataParam, Params
 from .common import list_object
@@ -435,6 +436,34 @@ def _walk_list(
     if backwards:
         found.reverse()
     return {"object": "list", "data": found, "has_more": has_more, "url": url}
+
+
+@api.get(
+    "/v1/terminal/readers/{reader}/stowpay_offline_rejections",
+    params=ListParams,
+    returns="list:stowpay.offline_rejection",
+    summary="List a Reader's rejected offline records (Stowpay extension)",
+    tag=TAG,
+)
+def list_offline_rejections(ctx: Context, params: ListParams, reader: str) -> dict[str, Any]:
+    """Records the reader forwarded that the cloud rejected for good, newest first.
+
+    Each is money taken at the till that will never be charged. A deleted reader's stay
+    listed; an id with neither a reader nor a rejection of this account is not found.
+    """
+    if ctx.tx.get(ctx.account_id, reader, domain.READER) is None:
+        kept = ctx.tx.list_page(
+            ctx.account_id, offline_ingest.REJECTION, limit=1, filters={"ref": reader}
+        )
+        if kept is None or not kept.data:
+            raise NotFoundError("reader", reader)
+    return list_object(
+        ctx,
+        offline_ingest.REJECTION,
+        params,
+        f"/v1/terminal/readers/{reader}/stowpay_offline_rejections",
+        filters={"ref": reader},
+    )
 
 
 @api.delete(
