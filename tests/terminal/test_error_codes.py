@@ -351,3 +351,44 @@ def test_another_accounts_token_while_forwarding(tmp_path: Path, cloud: Cloud) -
     finally:
         terminal.close()
         box.stop()
+
+
+class SmallVaultReader(ReaderBox):
+    """A reader whose vault holds two payments (the device's storage budget)."""
+
+    def start(self) -> None:
+        config = ReaderConfig(
+            cloud_url=self.cloud.url,
+            data_dir=self.data,
+            port=self.port,
+            heartbeat_interval=2.0,
+            offline_interval=self.offline_interval,
+            registration_interval=0.2,
+            vault_max_records=2,
+        )
+        self.daemon = ReaderDaemon(config, out=self._out)
+        self.daemon.start()
+
+
+def test_a_full_vault_refuses_and_keeps_what_it_holds(tmp_path: Path, cloud: Cloud) -> None:
+    merchant = merchant_at(cloud, ADDRESS)
+    box = SmallVaultReader(cloud, tmp_path / "reader")
+    events = Recorder()
+    terminal = Terminal(
+        BackendTokens(merchant), events, api_base=cloud.url, data_dir=tmp_path / "a"
+    )
+    try:
+        reader = box.as_reader(box.register(merchant))
+        wait_until(lambda: events.saw_network(NetworkStatus.ONLINE), "the SDK to see the cloud")
+        terminal.connect_reader(reader)
+        go_offline(cloud, events)
+        sale(terminal, "F-1", 1000, card=VISA)
+        sale(terminal, "F-2", 1000, card=MASTERCARD)
+        refused(
+            ErrorCode.OFFLINE_PAYMENTS_DATABASE_TOO_LARGE,
+            lambda: sale(terminal, "F-3", 1000, card=VISA),
+        )
+        assert stored_count(terminal) == 2
+    finally:
+        terminal.close()
+        box.stop()

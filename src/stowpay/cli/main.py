@@ -170,6 +170,13 @@ def _logs_to_stderr() -> None:
     help="Forward stored payments with the device key alone when no POS is connected.",
 )
 @click.option(
+    "--vault-max-records",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(1, 10_000_000),
+    help="The most offline payments the vault holds before refusing more.",
+)
+@click.option(
     "--log-level",
     default="warning",
     show_default=True,
@@ -183,6 +190,7 @@ def reader_run(
     device_type: str,
     registration_code: str | None,
     unattended_forwarding: bool,
+    vault_max_records: int,
     log_level: str,
 ) -> None:
     """Run a reader: register, heartbeat, serve the LAN API, forward (Ctrl-C stops it)."""
@@ -196,6 +204,7 @@ def reader_run(
         device_type=device_type,
         registration_code=registration_code,
         unattended_forwarding=unattended_forwarding,
+        vault_max_records=vault_max_records,
         log_level=log_level,
     )
     try:

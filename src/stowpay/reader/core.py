@@ -553,7 +553,8 @@ class ReaderCore:
             if current is not None and current.pos_id != pos_id and fail_if_in_use:
                 raise ReaderError(
                     ErrorCode.READER_BUSY,
-                    f"The reader is in use by another POS ({current.pos_id}).",
+                    f"The reader is in use by another POS ({current.pos_id}). Disconnect it there, "
+                    "or connect without fail_if_in_use to take the reader over.",
                 )
         network = network_id if network_id is not None else self._network_id()
         now = self.clock.now()
@@ -581,7 +582,8 @@ class ReaderCore:
             if current is not None and current.pos_id != pos_id and fail_if_in_use:
                 raise ReaderError(
                     ErrorCode.READER_BUSY,
-                    f"The reader is in use by another POS ({current.pos_id}).",
+                    f"The reader is in use by another POS ({current.pos_id}). Disconnect it there, "
+                    "or connect without fail_if_in_use to take the reader over.",
                 )
             self._end_session()
             self._session = session

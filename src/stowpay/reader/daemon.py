@@ -31,7 +31,14 @@ from .connectivity import ConnectivityMonitor
 from .core import DEFAULT_DEVICE_TYPE, ReaderCore
 from .lan import create_lan_app
 from .state import ReaderState, StateError
-from .vault import Vault, VaultError, VaultLockedError, VerifyReport, verify_directory
+from .vault import (
+    DEFAULT_MAX_RECORDS,
+    Vault,
+    VaultError,
+    VaultLockedError,
+    VerifyReport,
+    verify_directory,
+)
 
 log = structlog.get_logger("stowpay.reader.daemon")
 
@@ -60,6 +67,9 @@ class ReaderConfig:
     #: seconds between activation polls while unregistered
     registration_interval: float = 1.0
     log_level: str = "warning"
+    #: the most payments the vault holds before refusing with
+    #: OFFLINE_PAYMENTS_DATABASE_TOO_LARGE (the device's storage budget)
+    vault_max_records: int = DEFAULT_MAX_RECORDS
 
 
 def _print(line: str) -> None:
@@ -132,7 +142,7 @@ class ReaderDaemon:
         except StateError as exc:
             raise DaemonError(str(exc)) from None
         try:
-            vault = Vault.open(state.vault_dir, clock=self.clock)
+            vault = Vault.open(state.vault_dir, clock=self.clock, max_records=cfg.vault_max_records)
         except VaultLockedError:
             raise DaemonError(f"a reader is already running on {cfg.data_dir}") from None
         except VaultError as exc:

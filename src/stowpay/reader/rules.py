@@ -165,13 +165,15 @@ def check_stored(
     if policy.max_stored_count is not None and stored_count + 1 > policy.max_stored_count:
         raise RuleError(
             ErrorCode.OFFLINE_STORED_COUNT_EXCEEDED,
-            "The reader holds the most offline payments the merchant allows.",
+            "The reader holds the most offline payments the merchant allows. Take this payment "
+            "online, or once the stored ones are forwarded.",
         )
     cap = policy.max_stored_total.get(currency)
     if cap is not None and stored_totals.get(currency, 0) + amount > cap:
         raise RuleError(
             ErrorCode.OFFLINE_STORED_TOTAL_EXCEEDED,
-            "This payment would take the offline total above the merchant's limit.",
+            "This payment would take the offline total above the merchant's limit. Take it "
+            "online, or once the stored payments are forwarded.",
         )
     if (
         policy.max_record_age is not None
@@ -186,7 +188,8 @@ def check_stored(
     if policy.max_uses_per_card is not None and uses_of_card + 1 > policy.max_uses_per_card:
         raise RuleError(
             ErrorCode.OFFLINE_CARD_VELOCITY_EXCEEDED,
-            "This card has been used offline as often as the merchant allows.",
+            "This card has been used offline as often as the merchant allows. Ask for another "
+            "card, or take the payment online.",
         )
 
 

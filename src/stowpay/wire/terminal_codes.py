@@ -84,7 +84,8 @@ MESSAGES: dict[ErrorCode, str] = {
         "the Location's Configuration (offline[enabled]=true) and reconnect."
     ),
     ErrorCode.INVALID_OFFLINE_CURRENCY: (
-        "This currency is not enabled for offline payments at this location."
+        "This currency is not enabled for offline payments at this location. Take the payment "
+        "online, or in a currency enabled for offline use."
     ),
     ErrorCode.AMOUNT_EXCEEDS_MAX_OFFLINE_AMOUNT: (
         "The amount is above the maximum allowed for an offline payment. Take it online or "
