@@ -44,12 +44,11 @@ from . import payment_intents as pis
 from . import terminal
 from .events import public
 from .offline_ingest import (
-    RECORD,
     ForwardedPayment,
     Outcome,
-    _card_present_method,
+    card_present_method,
     keep_rejection,
-    record_id,
+    record_outcome,
 )
 
 #: The ids a reader's records carry when the payment was created online (a PaymentIntent's).
@@ -260,7 +259,7 @@ def _charge(
             param="payment_method",
         )
     _claim_attempt(ctx, pi)
-    pm = _card_present_method(ctx, reader, record, card, number)
+    pm = card_present_method(ctx, reader, record, card, number)
     pi["payment_method"] = pm["id"]
     return pis.do_confirm(ctx, pi, pm, offline=offline, receipt=record.display.get("receipt"))
 
@@ -286,24 +285,7 @@ def settle_forwarded(
         status, pi, error = _settle(ctx, reader, p, card, number)
     except InvalidRequestError as exc:
         return keep_rejection(ctx, reader["id"], p, exc.to_body()["error"])
-    ctx.tx.insert(
-        ctx.account_id,
-        {
-            "id": record_id(reader["id"], p.sequence),
-            "object": RECORD,
-            "created": ctx.now(),
-            "reader": reader["id"],
-            "sequence": p.sequence,
-            "digest": p.digest,
-            "stored_at": p.stored_at,
-            "local_id": p.local_id,
-            "payment_intent": pi["id"],
-            "outcome": status,
-            "error": error,
-        },
-        ref=reader["id"],
-    )
-    return Outcome(p.sequence, status, pi, error, replayed=False)
+    return record_outcome(ctx, reader, p, status, pi, error)
 
 
 def _settle(

@@ -275,7 +275,7 @@ def _ingest_one(
         from .device_payments import settle_forwarded
 
         return settle_forwarded(ctx, reader, p, card, number)
-    pm = _card_present_method(ctx, reader, p, card, number)
+    pm = card_present_method(ctx, reader, p, card, number)
     del number, card, plain
     fields = {
         "amount": p.amount,
@@ -304,10 +304,22 @@ def _ingest_one(
             pi = pis.get(ctx, pi["id"])
     except InvalidRequestError as exc:
         return keep_rejection(ctx, reader["id"], p, exc.to_body()["error"])
+    return record_outcome(ctx, reader, p, status, pi, error)
+
+
+def record_outcome(
+    ctx: Context,
+    reader: dict[str, Any],
+    p: ForwardedPayment,
+    status: str,
+    pi: dict[str, Any],
+    error: dict[str, Any] | None,
+) -> Outcome:
+    """Keep a record's outcome under its permanent key (so it is never charged again)."""
     ctx.tx.insert(
         ctx.account_id,
         {
-            "id": rid,
+            "id": record_id(reader["id"], p.sequence),
             "object": RECORD,
             "created": ctx.now(),
             "reader": reader["id"],
@@ -347,7 +359,7 @@ def _check_fields(p: ForwardedPayment) -> None:
     pis.merge_metadata({}, p.metadata)  # raises for too many keys
 
 
-def _card_present_method(
+def card_present_method(
     ctx: Context, reader: dict[str, Any], p: ForwardedPayment, card: dict[str, Any], number: str
 ) -> dict[str, Any]:
     test = cards.lookup(number)
