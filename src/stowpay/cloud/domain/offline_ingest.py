@@ -362,6 +362,8 @@ def _check_fields(p: ForwardedPayment) -> None:
 def card_present_method(
     ctx: Context, reader: dict[str, Any], p: ForwardedPayment, card: dict[str, Any], number: str
 ) -> dict[str, Any]:
+    """The card_present PaymentMethod of an unsealed card read: brand, last4 and a per-account
+    fingerprint are kept, never the number."""
     test = cards.lookup(number)
     pm: dict[str, Any] = {
         "id": ctx.ids.new("pm"),
