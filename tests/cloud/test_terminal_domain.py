@@ -247,3 +247,27 @@ def test_racing_redemptions_have_one_winner(world: World, db_url: str) -> None:
     assert sorted(r[0] is None for r in results) == [False, True]  # type: ignore[index]
     assert sorted(r[1] is None for r in results) == [False, True]  # type: ignore[index]
     assert len({r[2] for r in results}) == 1  # type: ignore[index]
+
+
+def test_housekeeping_sweeps_expired_tokens_and_old_registrations(world: World) -> None:
+    import sqlalchemy as sa
+
+    from stowpay.cloud.app import Cloud
+    from stowpay.cloud.storage import tables
+
+    def rows(table: sa.Table) -> int:
+        with world.store.read() as tx:
+            return int(tx.conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+    for _ in range(3):
+        new_token(world)
+    with world.store.write() as tx:
+        terminal.issue_registration_code(tx, DEVICE, now=world.clock.now())
+    cloud = Cloud(world.settings, world.store)
+    cloud.prune()  # nothing has expired yet
+    assert rows(tables.terminal_connection_tokens) == 3
+    assert rows(tables.terminal_registrations) == 1
+    world.clock.advance(terminal.REGISTRATION_CODE_TTL + terminal.REGISTRATION_KEPT + 1)
+    assert cloud.prune() >= 4
+    assert rows(tables.terminal_connection_tokens) == 0
+    assert rows(tables.terminal_registrations) == 0

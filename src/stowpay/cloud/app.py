@@ -31,6 +31,7 @@ from ..wire.errors import (
     StripeError,
 )
 from .api import Context, Operation, api
+from .domain import terminal as terminal_domain
 from .domain.accounts import key_hash
 from .domain.events import public_json
 from .expand import expand
@@ -91,15 +92,18 @@ class Cloud:
         return account
 
     async def housekeeping(self, interval: float = 3600.0) -> None:
-        """Hourly: forget idempotency keys older than their time to live."""
+        """Hourly: forget idempotency keys older than their time to live, expired connection
+        tokens and old registration codes."""
         while True:
             self.prune()
             await asyncio.sleep(interval)
 
     def prune(self) -> int:
-        cutoff = int(self.settings.clock.now() - self.settings.idempotency_ttl)
+        """One round of housekeeping; how many rows went."""
+        now = self.settings.clock.now()
         with self.store.write() as tx:
-            return tx.idempotency_prune(cutoff)
+            gone = tx.idempotency_prune(int(now - self.settings.idempotency_ttl))
+            return gone + terminal_domain.sweep(tx, now)
 
     # -- one request ------------------------------------------------------------------------
 

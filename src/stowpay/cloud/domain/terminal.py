@@ -561,6 +561,14 @@ def create_connection_token(ctx: Context, location_id: str | None) -> dict[str, 
     return {"object": "terminal.connection_token", "location": location_id, "secret": secret}
 
 
+def sweep(tx: Tx, now: float) -> int:
+    """Forget expired connection tokens and registrations past their keeping time (the
+    cloud's hourly housekeeping; making new ones sweeps too). How many went."""
+    return store.prune_connection_tokens(tx, now) + store.prune_registrations(
+        tx, now - REGISTRATION_KEPT
+    )
+
+
 def redeem_connection_token(tx: Tx, secret: str, now: float) -> tuple[str, str | None] | None:
     """Use a connection token: (account id, location or None) the first time it is redeemed
     before it expires; None when it is unknown, expired or used already."""
