@@ -233,7 +233,8 @@ def _served(value: Any) -> Any:
 _ANSWER = json.JSONEncoder(separators=(",", ":"))
 
 
-def _json(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response:
+def json_response(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response:
+    """A JSON answer with private (`_`-prefixed) keys left out."""
     text = _ANSWER.encode(body)
     if '"_' in text:
         # A private key somewhere (or a string that merely starts with "_"): drop private
@@ -243,14 +244,15 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str]) -> Respons
     return Response(text.encode(), status, headers, media_type="application/json")
 
 
-def _bearer(authorization: str | None) -> str | None:
+def bearer_token(authorization: str | None) -> str | None:
+    """The credential of an `Authorization: Bearer ...` header, if there is one."""
     scheme, _, value = (authorization or "").partition(" ")
     if scheme.lower() != "bearer":
         return None
     return value.strip() or None
 
 
-async def _read_body(request: Request) -> bytes:
+async def read_body(request: Request) -> bytes:
     """The request body, refused once it grows past `MAX_BODY_BYTES`."""
     chunks: list[bytes] = []
     size = 0
@@ -276,11 +278,11 @@ class DeviceApi:
         self.store = cloud.store
         # One worker for SQLite, whose writers queue for one lock anyway (and whose pool
         # keeps a connection per thread); a few for PostgreSQL.
-        self._executor = ThreadPoolExecutor(
+        self.executor = ThreadPoolExecutor(
             max_workers=1 if self.store.is_sqlite else 4, thread_name_prefix="stowpay-device"
         )
         # The worker ends with the app (the finalizer holds the executor, not this object).
-        weakref.finalize(self, self._executor.shutdown, wait=False)
+        weakref.finalize(self, self.executor.shutdown, wait=False)
 
     def routes(self) -> list[BaseRoute]:
         """The routes, mounted under `/device/v1`."""
@@ -314,23 +316,23 @@ class DeviceApi:
         try:
             call = Call(
                 request_id=request_id,
-                body=await _read_body(request),
-                device_key=_bearer(request.headers.get("authorization")),
+                body=await read_body(request),
+                device_key=bearer_token(request.headers.get("authorization")),
                 client_host=request.client.host if request.client else None,
             )
             loop = asyncio.get_running_loop()
-            answer, queued = await loop.run_in_executor(self._executor, work, call)
+            answer, queued = await loop.run_in_executor(self.executor, work, call)
             if queued and self.cloud.dispatcher is not None:
                 # As on /v1: events were written, so their webhooks leave now, not at a poll.
                 self.cloud.dispatcher.wake()
-            return _json(200, answer, headers)
+            return json_response(200, answer, headers)
         except StripeError as err:
-            return _json(err.http_status, err.to_body(request_id), headers)
+            return json_response(err.http_status, err.to_body(request_id), headers)
         except Exception:
             log.exception("unhandled device API error", request_id=request_id)
             headers["Stripe-Should-Retry"] = "true"
             failure = ApiError("An unknown error occurred. Please try again.")
-            return _json(failure.http_status, failure.to_body(request_id), headers)
+            return json_response(failure.http_status, failure.to_body(request_id), headers)
 
     # -- the calls (each runs on the worker thread) ----------------------------------------
 

@@ -32,10 +32,10 @@ from .device import (
     DeviceBody,
     DisplayBody,
     Token,
-    _bearer,
-    _json,
-    _read_body,
+    bearer_token,
+    json_response,
     parse,
+    read_body,
 )
 
 log = structlog.get_logger("stowpay.cloud.device")
@@ -103,7 +103,7 @@ class DevicePayments:
     async def ping(self, request: Request) -> Response:
         """The SDK's light probe: no database, no credential."""
         headers = {"Request-Id": self.settings.ids.new("req")}
-        return _json(200, {"ok": True, "server_time": self.settings.clock.now()}, headers)
+        return json_response(200, {"ok": True, "server_time": self.settings.clock.now()}, headers)
 
     def _endpoint(self, work: Work) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
@@ -118,25 +118,23 @@ class DevicePayments:
         try:
             call = Call(
                 request_id=request_id,
-                body=await _read_body(request),
-                device_key=_bearer(request.headers.get("authorization")),
+                body=await read_body(request),
+                device_key=bearer_token(request.headers.get("authorization")),
                 client_host=request.client.host if request.client else None,
             )
             path = {k: str(v) for k, v in request.path_params.items()}
             loop = asyncio.get_running_loop()
-            status, answer, queued = await loop.run_in_executor(
-                self.api._executor, work, call, path
-            )
+            status, answer, queued = await loop.run_in_executor(self.api.executor, work, call, path)
             if queued and self.cloud.dispatcher is not None:
                 self.cloud.dispatcher.wake()
-            return _json(status, answer, headers)
+            return json_response(status, answer, headers)
         except StripeError as err:
-            return _json(err.http_status, err.to_body(request_id), headers)
+            return json_response(err.http_status, err.to_body(request_id), headers)
         except Exception:
             log.exception("unhandled device API error", request_id=request_id)
             headers["Stripe-Should-Retry"] = "true"
             failure = ApiError("An unknown error occurred. Please try again.")
-            return _json(failure.http_status, failure.to_body(request_id), headers)
+            return json_response(failure.http_status, failure.to_body(request_id), headers)
 
     def _context(self, call: Call, account: dict[str, Any], tx: Any) -> Context:
         return Context(
