@@ -104,7 +104,7 @@ class _Sale:
     order: str
     amount: int
     capture: str = "automatic"
-    card: str = "4242424242424242"
+    card: str = field(default="4242424242424242", repr=False)  # a test card, never shown
     read_method: str = "contact_emv"
     behavior: OfflineBehavior = OfflineBehavior.PREFER_ONLINE
     outcome: str = ""

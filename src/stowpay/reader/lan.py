@@ -206,6 +206,16 @@ def _only(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
 def create_lan_app(core: ReaderCore, *, keepalive: float = KEEPALIVE) -> Starlette:
     """The LAN API app for `core`."""
 
+    async def _session_call(
+        request: Request, allowed: frozenset[str]
+    ) -> tuple[str | None, dict[str, Any]]:
+        """A call of the connected POS: its session checked, its body read with only `allowed`."""
+        token = _bearer(request)
+        core.session(token)
+        body = await _body(request)
+        _only(body, allowed)
+        return token, body
+
     @_endpoint
     async def status(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(core.status))
@@ -276,10 +286,7 @@ def create_lan_app(core: ReaderCore, *, keepalive: float = KEEPALIVE) -> Starlet
 
     @_endpoint
     async def collect(request: Request) -> Response:
-        token = _bearer(request)
-        core.session(token)
-        body = await _body(request)
-        _only(body, frozenset({"card"}))
+        token, body = await _session_call(request, frozenset({"card"}))
         if "card" not in body:
             raise _invalid("Missing required parameter: card.", "card")
         card = Presentment.from_request(body["card"])
@@ -288,28 +295,19 @@ def create_lan_app(core: ReaderCore, *, keepalive: float = KEEPALIVE) -> Starlet
 
     @_endpoint
     async def confirm(request: Request) -> Response:
-        token = _bearer(request)
-        core.session(token)
-        body = await _body(request)
-        _only(body, frozenset())
+        token, _ = await _session_call(request, frozenset())
         local_id = request.path_params["local_id"]
         return JSONResponse(await run_in_threadpool(core.confirm, token, local_id))
 
     @_endpoint
     async def cancel(request: Request) -> Response:
-        token = _bearer(request)
-        core.session(token)
-        body = await _body(request)
-        _only(body, frozenset())
+        token, _ = await _session_call(request, frozenset())
         intent = request.path_params["local_id"]
         return JSONResponse(await run_in_threadpool(core.cancel_payment_intent, token, intent))
 
     @_endpoint
     async def capture(request: Request) -> Response:
-        token = _bearer(request)
-        core.session(token)
-        body = await _body(request)
-        _only(body, frozenset({"amount_to_capture"}))
+        token, body = await _session_call(request, frozenset({"amount_to_capture"}))
         amount = body.get("amount_to_capture")
         if amount is not None and (type(amount) is not int or amount < 1):
             raise _invalid("amount_to_capture must be a positive integer.", "amount_to_capture")
@@ -332,10 +330,9 @@ def create_lan_app(core: ReaderCore, *, keepalive: float = KEEPALIVE) -> Starlet
 
     @_endpoint
     async def connection_token(request: Request) -> Response:
-        token = _bearer(request)
-        core.session(token)
-        body = await _body(request)
-        _only(body, frozenset({"request_id", "connection_token", "error"}))
+        token, body = await _session_call(
+            request, frozenset({"request_id", "connection_token", "error"})
+        )
         request_id = _str(body, "request_id", required=True, limit=100)
         core.answer_token_request(
             token,
