@@ -310,7 +310,16 @@ class DeviceApi:
         return run
 
     async def handle(self, request: Request, work: Work) -> Response:
-        """Run one call off the event loop and answer it."""
+        """Run one call off the event loop and answer it with a 200."""
+        return await self.answer(request, lambda call, _path: (200, *work(call)))
+
+    async def answer(
+        self,
+        request: Request,
+        work: Callable[[Call, dict[str, str]], tuple[int, dict[str, Any], int]],
+    ) -> Response:
+        """Run `work` (given the call and its path parameters; it returns the status, the
+        answer and the webhook deliveries it queued) on the worker thread and answer it."""
         request_id = self.settings.ids.new("req")
         headers = {"Request-Id": request_id}
         try:
@@ -320,12 +329,13 @@ class DeviceApi:
                 device_key=bearer_token(request.headers.get("authorization")),
                 client_host=request.client.host if request.client else None,
             )
+            path = {k: str(v) for k, v in request.path_params.items()}
             loop = asyncio.get_running_loop()
-            answer, queued = await loop.run_in_executor(self.executor, work, call)
+            status, answer, queued = await loop.run_in_executor(self.executor, work, call, path)
             if queued and self.cloud.dispatcher is not None:
                 # As on /v1: events were written, so their webhooks leave now, not at a poll.
                 self.cloud.dispatcher.wake()
-            return json_response(200, answer, headers)
+            return json_response(status, answer, headers)
         except StripeError as err:
             return json_response(err.http_status, err.to_body(request_id), headers)
         except Exception:

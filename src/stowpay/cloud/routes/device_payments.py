@@ -9,7 +9,6 @@ answer, not a failure: its charge and events are committed, then it is answered 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 from collections.abc import Awaitable, Callable
@@ -21,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ...wire.errors import ApiError, CardError, InvalidRequestError, StripeError
+from ...wire.errors import CardError, InvalidRequestError
 from ...wire.money import MAXIMUM_AMOUNT
 from ..api import Context
 from ..domain import device_payments as domain
@@ -32,10 +31,8 @@ from .device import (
     DeviceBody,
     DisplayBody,
     Token,
-    bearer_token,
     json_response,
     parse,
-    read_body,
 )
 
 log = structlog.get_logger("stowpay.cloud.device")
@@ -112,29 +109,8 @@ class DevicePayments:
         return run
 
     async def serve(self, request: Request, work: Work) -> Response:
-        """Run one call off the event loop and answer it (as `DeviceApi.handle` does)."""
-        request_id = self.settings.ids.new("req")
-        headers = {"Request-Id": request_id}
-        try:
-            call = Call(
-                request_id=request_id,
-                body=await read_body(request),
-                device_key=bearer_token(request.headers.get("authorization")),
-                client_host=request.client.host if request.client else None,
-            )
-            path = {k: str(v) for k, v in request.path_params.items()}
-            loop = asyncio.get_running_loop()
-            status, answer, queued = await loop.run_in_executor(self.api.executor, work, call, path)
-            if queued and self.cloud.dispatcher is not None:
-                self.cloud.dispatcher.wake()
-            return json_response(status, answer, headers)
-        except StripeError as err:
-            return json_response(err.http_status, err.to_body(request_id), headers)
-        except Exception:
-            log.exception("unhandled device API error", request_id=request_id)
-            headers["Stripe-Should-Retry"] = "true"
-            failure = ApiError("An unknown error occurred. Please try again.")
-            return json_response(failure.http_status, failure.to_body(request_id), headers)
+        """Run one call off the event loop and answer it (`DeviceApi.answer`)."""
+        return await self.api.answer(request, work)
 
     def _context(self, call: Call, account: dict[str, Any], tx: Any) -> Context:
         return Context(
