@@ -82,17 +82,50 @@ def create_account_cmd(db: str, as_json: bool) -> None:
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
 )
-def serve(db: str, host: str, port: int, log_level: str) -> None:
+@click.option(
+    "--smtp-url",
+    default=None,
+    help="Email receipts through this SMTP server (smtp://host:port, smtps://user:pass@host); "
+    "without one they wait in the receipt outbox.",
+)
+@click.option(
+    "--public-url",
+    default=None,
+    help="The address customers reach this cloud at, for receipt pages "
+    "(default: http://HOST:PORT).",
+)
+def serve(
+    db: str,
+    host: str,
+    port: int,
+    log_level: str,
+    smtp_url: str | None,
+    public_url: str | None,
+) -> None:
     """Serve the cloud API (Ctrl-C stops it cleanly)."""
-    run_cloud(db, host, port, log_level)
+    run_cloud(db, host, port, log_level, smtp_url=smtp_url, public_url=public_url)
 
 
-def run_cloud(db: str, host: str, port: int, log_level: str) -> None:
+def run_cloud(
+    db: str,
+    host: str,
+    port: int,
+    log_level: str,
+    *,
+    smtp_url: str | None = None,
+    public_url: str | None = None,
+) -> None:
     import uvicorn
 
     from ..cloud import create_app
+    from ..cloud.mailer import SmtpUrlError, parse_smtp_url
 
-    settings = Settings(db=db)
+    if smtp_url is not None:
+        try:
+            parse_smtp_url(smtp_url)
+        except SmtpUrlError as exc:
+            raise click.BadParameter(str(exc), param_hint="--smtp-url") from None
+    settings = Settings(db=db, smtp_url=smtp_url, public_url=public_url or f"http://{host}:{port}")
     store = _open_store(db)
     with store.read() as tx:
         empty = tx.account_count() == 0

@@ -32,6 +32,8 @@ class Context:
     settings: Any = None
     #: set by handlers that wrote events, so the webhook dispatcher wakes at once
     wrote_events: bool = False
+    #: set by handlers that queued email receipts, so the mailer wakes at once
+    queued_receipts: bool = False
     #: the object a handler answers with and its JSON, when it has that already
     answer: tuple[dict[str, Any], str] | None = None
 

@@ -53,6 +53,7 @@ class Cloud:
         self.in_flight: set[tuple[str, str]] = set()
         self._accounts: dict[str, dict[str, Any]] = {}
         self.dispatcher: Any = None
+        self.mailer: Any = None
 
     # -- auth -------------------------------------------------------------------------------
 
@@ -447,6 +448,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     from .routes.device import device_routes  # the reader's API (`docs/reader-protocol.md`)
 
     route_list.extend(device_routes(cloud))
+    from .routes.receipt_pages import receipt_page_routes  # `receipt_url`: no key, a token
+
+    route_list.extend(receipt_page_routes(cloud))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -458,6 +462,11 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
 
             cloud.dispatcher = Dispatcher(cloud.store, settings)
             tasks.append(asyncio.create_task(cloud.dispatcher.run()))
+            if settings.smtp_url is not None:
+                from .mailer import Mailer
+
+                cloud.mailer = Mailer(cloud.store, settings)
+                tasks.append(asyncio.create_task(cloud.mailer.run()))
         try:
             yield
         finally:

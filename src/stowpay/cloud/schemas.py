@@ -153,7 +153,7 @@ def _payments() -> dict[str, Any]:
                 "metadata": _META,
                 "payment_intent": _expandable("pi", "payment_intent", nullable=True),
                 "reason": _enum("duplicate", "fraudulent", "requested_by_customer", nullable=True),
-                "receipt_number": _NULL,
+                "receipt_number": _NSTR,
                 "source_transfer_reversal": _NULL,
                 "status": _enum("succeeded", "failed"),
                 "transfer_reversal": _NULL,
@@ -389,8 +389,9 @@ def _charge() -> dict[str, Any]:
             "payment_method": _expandable("pm", "payment_method"),
             "payment_method_details": _charge_method_details(),
             "receipt_email": _NSTR,
-            "receipt_number": _NULL,
-            "receipt_url": _NULL,
+            "receipt_emails": {"type": "array", "items": {"type": "object"}},
+            "receipt_number": _NSTR,
+            "receipt_url": _NSTR,
             "refunded": _BOOL,
             "review": _NULL,
             "shipping": _NULL,
@@ -401,6 +402,7 @@ def _charge() -> dict[str, Any]:
             "transfer_data": _NULL,
             "transfer_group": _NULL,
         },
+        optional=("receipt_emails",),
     )
 
 

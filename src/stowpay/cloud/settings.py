@@ -31,6 +31,18 @@ class Settings:
     webhook_poll_interval: float = 1.0
     #: connection tokens are short-lived
     connection_token_ttl: int = 15 * 60
+    #: where receipts are emailed through (smtp://host:port, smtps://user:pass@host:port);
+    #: None keeps them in the outbox, pending, until a server is configured
+    smtp_url: str | None = None
+    smtp_from: str = "Stowpay receipts <receipts@stowpay.invalid>"
+    smtp_timeout: float = 10.0
+    #: email receipts: first retry delay, cap, and how long before giving up (3 days)
+    receipt_first_retry: float = 30.0
+    receipt_max_delay: float = 3600.0
+    receipt_give_up_after: float = 3 * 24 * 3600.0
+    receipt_poll_interval: float = 1.0
+    #: the address this cloud is reached at, for `receipt_url` (the port it serves on if None)
+    public_url: str | None = None
     #: run background work (webhook dispatcher, pruning); tests may turn it off
     background: bool = True
     log_requests: bool = False

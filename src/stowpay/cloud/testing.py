@@ -42,6 +42,8 @@ class LiveCloud:
             time.sleep(0.01)
         port = self._server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
+        if self.settings.public_url is None:
+            self.settings.public_url = self.url  # receipt pages are served here
         return self
 
     def _run(self) -> None:

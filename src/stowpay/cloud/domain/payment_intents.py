@@ -18,7 +18,7 @@ from ...wire.errors import CardError, InvalidRequestError, NotFoundError
 from ...wire.ids import random_token
 from ...wire.money import SUPPORTED, format_amount, minimum_amount
 from ..api import Context
-from . import issuer, payment_methods
+from . import issuer, payment_methods, receipts
 from .events import emit, public
 
 CANCELABLE = (
@@ -180,6 +180,11 @@ def update(ctx: Context, pi: dict[str, Any], fields: dict[str, Any]) -> dict[str
     for k, v in before.items():
         if pi.get(k) != v:
             previous[k] = v
+    if "receipt_email" in previous and pi["receipt_email"] and pi["latest_charge"]:
+        # A new address for a captured payment gets its own receipt (Stripe sends one too).
+        charge = ctx.tx.get(ctx.account_id, pi["latest_charge"], "charge")
+        if charge is not None and receipts.queue_payment(ctx, pi, charge):
+            ctx.tx.update(ctx.account_id, charge)
     stored = ctx.tx.update(ctx.account_id, pi)
     if previous:
         emit(ctx, "payment_intent.updated", pi, previous, stored=stored)
@@ -243,6 +248,7 @@ def do_confirm(
             amount_capturable=0,
             last_payment_error=None,
         )
+        receipts.queue_payment(ctx, pi, charge)
     else:
         pi.update(
             status="requires_capture", amount_capturable=pi["amount"], last_payment_error=None
@@ -345,10 +351,12 @@ def _new_charge(
             preferred_locales=source.get("preferred_locales") or ["en"],
             read_method=source.get("read_method"),
             reader=source.get("reader"),
-            receipt=receipt,
+            receipt=receipts.issuer_receipt(
+                ctx, receipt, approved=approved, funding=source.get("funding")
+            ),
             wallet=None,
         )
-    return {
+    charge = {
         "id": ctx.ids.new("ch"),
         "object": "charge",
         "amount": pi["amount"],
@@ -392,6 +400,9 @@ def _new_charge(
         "transfer_group": None,
         "_test": pm.get("_test"),
     }
+    if approved:
+        receipts.add_page(ctx, charge)
+    return charge
 
 
 def capture(ctx: Context, pi: dict[str, Any], amount_to_capture: int | None) -> dict[str, Any]:
@@ -410,6 +421,7 @@ def capture(ctx: Context, pi: dict[str, Any], amount_to_capture: int | None) -> 
     assert charge is not None
     pi.update(status="succeeded", amount_received=amount, amount_capturable=0)
     charge.update(captured=True, amount_captured=amount)
+    receipts.queue_payment(ctx, pi, charge)
     charge_json = ctx.tx.update(ctx.account_id, charge)
     stored = ctx.tx.update(ctx.account_id, pi)
     emit(ctx, "charge.captured", charge, stored=charge_json)

@@ -7,6 +7,7 @@ from typing import Any
 from ...wire.errors import InvalidRequestError, NotFoundError
 from ...wire.money import format_amount
 from ..api import Context
+from . import receipts
 from .events import emit
 
 
@@ -53,6 +54,7 @@ def create(
         "status": "failed" if fails else "succeeded",
         "transfer_reversal": None,
     }
+    receipts.queue_refund(ctx, charge, refund)
     ctx.tx.insert(ctx.account_id, refund, ref=charge["id"])
     emit(ctx, "refund.created", refund)
     if fails:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..api import Context, api
+from ..domain import receipts
 from ..params import Id, ListParams, Params
 from .common import fetch, list_object
 
@@ -16,7 +17,10 @@ class ChargeList(ListParams):
 
 @api.get("/v1/charges/{charge}", returns="charge", summary="Retrieve a Charge", tag="Charges")
 def retrieve_charge(ctx: Context, params: Params, charge: str) -> dict[str, Any]:
-    return fetch(ctx, "charge", charge)
+    found = fetch(ctx, "charge", charge)
+    # The charge's email receipts and where each stands (pending while no mail server is set).
+    found["receipt_emails"] = receipts.list_emails(ctx, charge_id=found["id"])
+    return found
 
 
 @api.get(

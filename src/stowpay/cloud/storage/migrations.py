@@ -60,6 +60,12 @@ def _device_keys(conn: sa.Connection) -> None:
     t.terminal_device_keys.create(conn)
 
 
+@migration(5, "receipt emails and receipt pages")
+def _receipts(conn: sa.Connection) -> None:
+    for table in (t.receipt_emails, t.receipt_pages):
+        table.create(conn)
+
+
 def apply(engine: sa.Engine) -> list[int]:
     """Bring the database up to date; return the versions applied now."""
     with engine.begin() as conn:

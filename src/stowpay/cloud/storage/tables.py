@@ -155,3 +155,38 @@ terminal_device_keys = sa.Table(
     sa.Column("reader_id", sa.String(64), nullable=False, unique=True),
     sa.Column("created", sa.Float, nullable=False),
 )
+
+# Email receipts waiting to go, or gone (migration 5): a transactional outbox like
+# `webhook_deliveries`, written in the transaction of the capture or refund it reports.
+# `dedup_key` (charge or refund, and address) makes each receipt exist once.
+receipt_emails = sa.Table(
+    "receipt_emails",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("charge_id", sa.String(64), nullable=False),
+    sa.Column("refund_id", sa.String(64)),
+    sa.Column("kind", sa.String(16), nullable=False),  # payment | refund
+    sa.Column("dedup_key", sa.String(400), nullable=False, unique=True),
+    sa.Column("to_address", sa.String(320), nullable=False),
+    sa.Column("receipt_number", sa.String(32), nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending | sent | failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", sa.Float),
+    sa.Column("last_attempt_at", sa.Float),
+    sa.Column("last_error", sa.String(500)),
+    sa.Column("sent_at", sa.Float),
+    sa.Index("receipt_emails_due", "state", "next_attempt_at"),
+    sa.Index("receipt_emails_by_charge", "account_id", "charge_id"),
+)
+
+# Receipt pages (migration 5): a hash of each page's unguessable token, and whose charge it
+# shows. The page needs no key; the token in its address is the only way in.
+receipt_pages = sa.Table(
+    "receipt_pages",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("charge_id", sa.String(64), nullable=False),
+)
