@@ -77,13 +77,13 @@ def test_an_offline_payment_intent_from_the_reader() -> None:
 
 def test_the_receipt_says_what_an_offline_receipt_can() -> None:
     text = format_receipt(PaymentIntent._from_wire(OFFLINE_PI), merchant="Main St")
-    lines = text.splitlines()
+    lines = [" ".join(line.split()) for line in text.splitlines()]
     assert lines[0] == "Main St"
-    assert "Amount: 12.99 USD" in lines and "Card: VISA **** 4242" in lines
-    assert "AID: A0000000031010" in lines and "Verification: offline_pin" in lines
-    assert "order_id: A-17" in lines and "Reference: pio_1" in lines
+    assert "TOTAL USD 12.99" in lines and "VISA **** 4242" in lines
+    assert "AID A0000000031010" in lines and "Verification PIN verified" in lines
+    assert "Order A-17" in lines and "Ref pio_1" in lines
     assert not any(line.startswith(("Account type", "Response code")) for line in lines)
-    assert "Stored offline: authorized when the reader is back online." in lines
+    assert "Offline \N{EM DASH} authorization pending" in lines
 
 
 def status(

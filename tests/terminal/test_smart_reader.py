@@ -129,7 +129,7 @@ def test_the_offline_guide_on_a_smart_reader(
         assert receipt.application_cryptogram and receipt.dedicated_file_name
         text = format_receipt(first, merchant="Main St")
         assert "VISA **** 4242" in text and "4242424242424242" not in text
-        assert "12.99 USD" in text and "Stored offline" in text
+        assert "USD 12.99" in text and "authorization pending" in text
 
         manual = sale(terminal, "A-2", 1299, capture="manual")
         assert manual.status == "requires_capture" and manual.id is None
