@@ -97,11 +97,13 @@ class Service:
         return self.log.read_text() if self.log.exists() else ""
 
 
-def start_cloud(db: str, port: int, workdir: Path) -> Service:
-    """`stowpay cloud serve` on loopback; returns once it answers."""
-    cloud = Service(
-        "cloud", ["cloud", "serve", "--db", db, "--port", str(port)], workdir / "cloud.log"
-    ).start()
+def start_cloud(db: str, port: int, workdir: Path, smtp_url: str | None = None) -> Service:
+    """`stowpay cloud serve` on loopback (emailing receipts through `smtp_url`, if given);
+    returns once it answers."""
+    args = ["cloud", "serve", "--db", db, "--port", str(port)]
+    if smtp_url is not None:
+        args += ["--smtp-url", smtp_url]
+    cloud = Service("cloud", args, workdir / "cloud.log").start()
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:

@@ -38,8 +38,10 @@ from ..terminal import (
     SimulatedCard,
     Terminal,
     TerminalException,
+    format_receipt,
 )
 from ._backend import MerchantBackend
+from ._mailbox import Mailbox
 from ._services import Service, ServiceError, free_port, start_cloud, start_reader, wait_until
 
 ADDRESS = {
@@ -131,6 +133,8 @@ class Demo:
         self.backend: MerchantBackend | None = None
         self.terminal: Terminal | None = None
         self.sales: list[_Sale] = []
+        self.mailbox: Mailbox | None = None
+        self.location_doc: dict[str, object] = {}
 
     # -- narration ---------------------------------------------------------------------------
 
@@ -169,8 +173,10 @@ class Demo:
         with store.write() as tx:
             new = create_account(tx, Settings().clock, Settings().ids)
         store.close()
-        self.cloud = start_cloud(self.db, self.cloud_port, self.workdir)
+        self.mailbox = Mailbox().start()
+        self.cloud = start_cloud(self.db, self.cloud_port, self.workdir, self.mailbox.url)
         self.say(f"Cloud      {self.cloud_url}  (SQLite: {self.db})")
+        self.say(f"Mailbox    {self.mailbox.url}  (where the customers' email receipts arrive)")
         self.backend = backend = MerchantBackend(self.cloud_url, new.secret_key).start()
         self.say(f"Backend    {backend.url}  (connection tokens, signed webhooks)")
         self.reader, code = start_reader(
@@ -186,6 +192,7 @@ class Demo:
             {"display_name": "Main St", "configuration_overrides": config["id"], **ADDRESS},
         )
         self.location = str(location["id"])
+        self.location_doc = location  # the POS keeps it: receipts name the shop offline too
         reader = backend.api(
             "POST",
             "/v1/terminal/readers",
@@ -273,6 +280,8 @@ class Demo:
                 sale.outcome = f"{pi.status}, stored offline"
                 self.say(f"{sale.order}  {_money(sale.amount)}  [green]{sale.outcome}[/]")
                 self.sales.append(sale)
+                if sale.order == "A-2":
+                    self._print_receipt(pi)
             except TerminalException as exc:
                 if exc.code not in _EXPECTED_REFUSALS:
                     raise
@@ -280,6 +289,11 @@ class Demo:
         if self.payments:
             self._backlog(self.payments)
         self._show_status()
+
+    def _print_receipt(self, pi: PaymentIntent) -> None:
+        self.say("The customer asks for a receipt; the till prints it at once:")
+        receipt = format_receipt(pi, 42, location=self.location_doc)
+        self.console.print(receipt, markup=False, highlight=False, end="")
 
     def _backlog(self, n: int) -> None:
         with self._progress() as progress:
@@ -317,7 +331,8 @@ class Demo:
 
     def _internet_back(self) -> None:
         self.step("6. The internet is back: the reader forwards by itself")
-        self.cloud = start_cloud(self.db, self.cloud_port, self.workdir)
+        smtp = self.mailbox.url if self.mailbox is not None else None
+        self.cloud = start_cloud(self.db, self.cloud_port, self.workdir, smtp)
         stored = [s for s in self.sales if s.pi is not None and s.pi.offline_details]
         with self._progress() as progress:
             task = progress.add_task("Forwarding", total=len(stored))
@@ -341,6 +356,16 @@ class Demo:
             forwarded = self.listener.forwarded.get(sale.order)
             if forwarded is not None:
                 sale.pi = forwarded
+        # The offline payments carried no customer address (the reader keeps none): the
+        # backend adds it once they are forwarded. A receipt goes out only for a capture.
+        emailed = [s for s in self.sales if s.order.startswith("A-") and s.pi and s.pi.id]
+        for sale in emailed:
+            assert sale.pi is not None
+            backend.api(
+                "POST",
+                f"/v1/payment_intents/{sale.pi.id}",
+                {"receipt_email": f"{sale.order.lower()}@customer.example"},
+            )
         manual = [s for s in self.sales if s.capture == "manual" and s.pi is not None]
         for sale in manual:
             assert sale.pi is not None and sale.pi.id is not None
@@ -370,6 +395,33 @@ class Demo:
             f"{len(ids)} payments, each charged once; {len(backend.webhooks)} webhooks "
             f"verified, {backend.rejected} rejected"
         )
+        self._report_receipts([str(s.pi.id) for s in emailed if s.pi is not None])
+
+    def _report_receipts(self, pi_ids: list[str]) -> None:
+        """How the email receipts of the captured payments went: one each, once captured."""
+        backend = self.backend
+        assert backend is not None
+
+        def outbox() -> list[dict[str, object]]:
+            found: list[dict[str, object]] = []
+            for pi_id in pi_ids:
+                pi = backend.api("GET", f"/v1/payment_intents/{pi_id}")
+                charge = backend.api("GET", f"/v1/charges/{pi['latest_charge']}")
+                found.extend(charge.get("receipt_emails") or [])
+            return found
+
+        def settled() -> list[dict[str, object]] | None:
+            rows = outbox()
+            done = len(rows) == len(pi_ids) and all(r["status"] != "pending" for r in rows)
+            return rows if done else None
+
+        rows = wait_until("the email receipts", settled, 30, self.workdir / "cloud.log")
+        sent = [r for r in rows if r["status"] == "sent"]
+        received = self.mailbox.received() if self.mailbox is not None else []
+        self.say(
+            f"{len(sent)} email receipts sent once the cloud was back, one per captured "
+            f"payment; the mailbox holds {len(received)}"
+        )
 
     def _keep_running(self) -> None:
         self.say(
@@ -387,6 +439,8 @@ class Demo:
                 service.stop()
         if self.backend is not None:
             self.backend.stop()
+        if self.mailbox is not None:
+            self.mailbox.stop()
         if not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
