@@ -151,6 +151,23 @@ def test_a_refund_sends_a_refund_receipt(mailing_cloud: LiveCloud, sink: SmtpSin
     assert "USD 5.00" in refund_mail.get_body(preferencelist=("plain",)).get_content()
 
 
+def test_a_mailbox_refused_for_good_is_not_retried(
+    mailing_cloud: LiveCloud, sink: SmtpSink
+) -> None:
+    c = client(mailing_cloud)
+    pi = pay(c, "nobody@example.com")
+    pay(c, "ada@example.com")
+
+    def settled() -> list[dict[str, Any]] | None:
+        rows = c.v1.charges.retrieve(str(pi.latest_charge))["receipt_emails"]
+        return rows if rows and rows[0]["status"] != "pending" else None
+
+    [row] = wait_until(settled, "the refused receipt to settle")
+    assert row["status"] == "failed" and row["attempts"] == 1 and "550" in row["last_error"]
+    wait_until(lambda: sink.to("ada@example.com"), "the other receipt")
+    assert sink.to("nobody@example.com") == []
+
+
 def test_smtp_down_for_a_while_then_up_delivers_each_receipt_once(tmp_path: Path) -> None:
     port = free_port()  # nothing listens here yet: the mail server is down
     cloud = live_cloud(settings(str(tmp_path / "cloud.db"), f"smtp://127.0.0.1:{port}"))

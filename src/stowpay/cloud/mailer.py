@@ -131,7 +131,7 @@ class Mailer:
                 self._retry(row, _describe(exc))
             return
         try:
-            for row, msg in messages:
+            for i, (row, msg) in enumerate(messages):
                 if msg is None:
                     self._finish(row, "failed", "the charge is gone", None)
                     continue
@@ -149,7 +149,7 @@ class Mailer:
                 except (OSError, smtplib.SMTPException) as exc:
                     self._retry(row, _describe(exc))
                     # The session is likely broken: the rest wait for their next turn.
-                    for later, _ in messages[messages.index((row, msg)) + 1 :]:
+                    for later, _ in messages[i + 1 :]:
                         self._retry(later, "not tried: the SMTP session broke")
                     return
                 if refused:

@@ -15,25 +15,24 @@ from .store import Tx
 
 _e = t.receipt_emails.c
 _p = t.receipt_pages.c
+# Built once: every approved charge gets a page, so this runs on the payment's hot path.
+_ADD_PAGE = t.receipt_pages.insert()
+_QUEUED = sa.select(_e.id).where(_e.dedup_key == sa.bindparam("b_key"))
+_QUEUE = t.receipt_emails.insert()
 
 
 def queue_email(tx: Tx, row: dict[str, Any]) -> bool:
     """Queue one email receipt; False (and nothing written) when its `dedup_key` is queued
     already: a receipt exists once, however often the same capture is reported."""
-    found = tx.conn.execute(sa.select(_e.id).where(_e.dedup_key == row["dedup_key"])).first()
-    if found is not None:
+    if tx._rows(_QUEUED, {"b_key": row["dedup_key"]}):
         return False
-    tx.conn.execute(t.receipt_emails.insert().values(**row))
+    tx._run(_QUEUE, row)
     return True
 
 
 def add_page(tx: Tx, token_hash: str, account_id: str, charge_id: str) -> None:
     """Make a receipt page for a charge, found by the hash of its token."""
-    tx.conn.execute(
-        t.receipt_pages.insert().values(
-            token_hash=token_hash, account_id=account_id, charge_id=charge_id
-        )
-    )
+    tx._run(_ADD_PAGE, {"token_hash": token_hash, "account_id": account_id, "charge_id": charge_id})
 
 
 def page(tx: Tx, token_hash: str) -> tuple[str, str] | None:
