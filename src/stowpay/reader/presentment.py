@@ -209,7 +209,11 @@ def read_card(
         preferred_name = f"{brand.upper()} DEBIT"
     cryptogram = f"{rng.getrandbits(64):016X}"
     tvr = "0000008000" if cvm == "signature" else "0000000000"
-    tsi = "E800" if cvm in ("offline_pin", "online_pin") else "6800"
+    if presentment.read_method.startswith("contactless"):
+        # Contactless kernels finish in one tap and set no status bits (TSI 0000).
+        tsi = "0000"
+    else:
+        tsi = "E800" if cvm in ("offline_pin", "online_pin") else "6800"
     day = datetime.fromtimestamp(now, UTC)
     emv = {
         "84": aid,
