@@ -42,9 +42,18 @@ _ERROR_CLASSES: dict[int, type[sqlite3.Error]] = {
 }
 
 
+# Each APSW exception class's primary code: an exception raised inside this VFS reaches the
+# caller as it was raised, without the result codes APSW sets on SQLite's own errors.
+_CODES: dict[type, int] = {}
+for _code in range(1, 29):
+    with contextlib.suppress(Exception):
+        _CODES.setdefault(type(apsw.exception_for(_code)), _code)
+
+
 def _as_sqlite3(exc: apsw.Error) -> sqlite3.Error:
     """The sqlite3 error the standard library would raise for the same SQLite result."""
-    extended = int(getattr(exc, "extendedresult", 0) or getattr(exc, "result", 1))
+    code = next((c for t, c in _CODES.items() if isinstance(exc, t)), apsw.SQLITE_ERROR)
+    extended = int(getattr(exc, "extendedresult", None) or getattr(exc, "result", None) or code)
     primary = extended & 0xFF
     out = _ERROR_CLASSES.get(primary, sqlite3.OperationalError)(str(exc))
     out.sqlite_errorcode = extended
