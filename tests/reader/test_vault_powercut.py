@@ -32,7 +32,7 @@ from disk_kit import SimulatedDisk
 from vault_kit import SEALING, payment, unseal
 
 from stowpay.reader import vault as vault_module
-from stowpay.reader.vault import Vault, VaultError
+from stowpay.reader.vault import Vault, VaultDurabilityError, VaultError
 from stowpay.wire import sealed
 from stowpay.wire.clock import ManualClock
 
@@ -268,3 +268,40 @@ def test_the_harness_loses_nothing_it_was_not_told(tmp_path: Path) -> None:
     _check(cut, tmp_path / "image")
     assert cut.problems == []
     assert cut.held == len([1 for s, _ in cut.acknowledged.values() if s not in cut.removed])
+
+
+# -- the startup check against a SQLite that does not do what it is asked (R7) -----------------
+
+
+@pytest.mark.parametrize(
+    ("asked", "done", "found"),
+    [
+        ("synchronous=FULL", "synchronous=NORMAL", ": synchronous=1$"),
+        ("synchronous=FULL", "synchronous=OFF", ": synchronous=0$"),
+        ("journal_mode=WAL", "journal_mode=DELETE", ": journal_mode=delete$"),
+        ("secure_delete=ON", "secure_delete=OFF", ": secure_delete=0$"),
+    ],
+)
+def test_a_sqlite_that_ignores_a_durability_pragma_is_refused(
+    tmp_path: Path, asked: str, done: str, found: str
+) -> None:
+    disk = SimulatedDisk(random.Random(1))
+    plain = disk.connector()
+
+    def deaf(path: str) -> Any:
+        conn = plain(path)
+        real = conn.execute
+
+        def execute(sql: str, params: Any = ()) -> Any:
+            return real(sql.replace(asked, done), params)
+
+        conn.execute = execute  # type: ignore[method-assign]
+        return conn
+
+    try:
+        with pytest.raises(VaultDurabilityError, match=found):
+            Vault.open(tmp_path / "vault", clock=ManualClock(0.0), connector=deaf)
+        # The same SQLite doing as asked opens the vault.
+        Vault.open(tmp_path / "vault", clock=ManualClock(0.0), connector=plain).close()
+    finally:
+        disk.close()
