@@ -242,6 +242,10 @@ def test_max_page_count_declines_at_the_pos_and_the_vault_stays_whole(
     till.check_settled()
     till.rig.vault.close()
     assert _reopen_and_check(till.rig.state.vault_dir, clock) == []
+    print(
+        f"\nmax_page_count at the POS: {len(till.told_declined)} sales declined "
+        f"({dict(till.codes)}), {len(till.told_stored)} stored and charged once each"
+    )
 
 
 # -- forward bookkeeping -----------------------------------------------------------------------
