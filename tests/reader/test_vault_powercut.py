@@ -327,3 +327,13 @@ def test_a_sqlite_that_ignores_a_durability_pragma_is_refused(
         Vault.open(tmp_path / "vault", clock=ManualClock(0.0), connector=plain).close()
     finally:
         disk.close()
+
+
+def test_a_cut_during_a_removal_may_take_the_forwarded_records(scratch: Path) -> None:
+    """Seed 2300 of the extended run: the cut fell in a removal whose commit reached the disk.
+    The records are gone, rightly (the cloud had answered for them); the checker must accept
+    that and still hold every other acknowledged payment."""
+    report = run_cuts(scratch, 1, first_seed=2300)
+    [cut] = report.cuts
+    assert (cut.during, cut.damage, sorted(cut.removing)) == ("remove", "torn", list(range(1, 8)))
+    assert cut.held == 0 and report.failures == []
