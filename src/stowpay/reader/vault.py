@@ -109,7 +109,7 @@ import stat
 import struct
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -176,6 +176,15 @@ _DB_ERRORS = (sqlite3.Error, UnicodeDecodeError)
 #: Durability settings applied to every connection and read back; anything weaker refuses.
 _DURABILITY_PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "secure_delete=ON")
 _OTHER_PRAGMAS = ("cell_size_check=ON", "trusted_schema=OFF", "foreign_keys=OFF")
+
+#: Opens the database file in autocommit mode (the vault issues BEGIN and COMMIT itself).
+#: The standard library's sqlite3 unless another is injected: the power-cut tests run the
+#: vault on a SQLite whose writes go through a simulated disk (see docs/reliability.md).
+Connector = Callable[[str], sqlite3.Connection]
+
+
+def _stdlib_connect(path: str) -> sqlite3.Connection:
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -799,6 +808,7 @@ class Vault:
         salvage: bool = False,
         tip_every: int = 0,
         check_integrity: bool = True,
+        connector: Connector = _stdlib_connect,
     ) -> Vault:
         """Open (or create) the vault in `directory`, check it, and quarantine bad records.
 
@@ -810,6 +820,8 @@ class Vault:
         `store` then refuses. `first_sequence` applies only to a new vault (a replacement
         vault on a reader must start above every sequence the cloud has seen).
         `tip_every=N` also writes the tip file every N stores (see the module docstring).
+        `connector` opens the SQLite connection (see `Connector`); the pragmas are applied
+        and checked on it all the same.
         """
         if first_sequence < 1 or max_records < 1 or max_bytes < 1 or tip_every < 0:
             raise VaultConfigError("first_sequence, max_records and max_bytes must be positive")
@@ -825,7 +837,7 @@ class Vault:
             if not db_path.exists():
                 # Made here so it is 0600 from the start (SQLite gives -wal and -shm the same).
                 os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            conn = _connect(db_path)
+            conn = _connect(db_path, connector)
             is_new = _is_empty(conn)
             key_path = Path(device_key_path) if device_key_path is not None else root / KEY_NAME
             keys = _Keys(_load_device_key(key_path, create=is_new))
@@ -1890,9 +1902,9 @@ def verify_directory(
 # --- module helpers ---------------------------------------------------------------------------
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, connector: Connector = _stdlib_connect) -> sqlite3.Connection:
     try:
-        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        conn = connector(str(path))
     except sqlite3.Error as exc:
         raise VaultCorruptError(f"cannot open {path}: {exc}") from exc
     # Text comes back as the stored bytes: the MAC covers exactly what is on disk, and bytes
