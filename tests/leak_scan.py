@@ -12,9 +12,10 @@ What counts as a finding:
 - secret API keys (`sk_`/`rk_`), webhook secrets (`whsec_`) and device keys (`rdk_`) in full
   (masked forms like `sk_test_****abcd` are what logs and errors are meant to show);
 - a card number: a run of 13 to 19 digits, plain or in groups of 4 (or Amex's 4-6-5) split by
-  spaces or dashes, that starts with 2-6 (the card networks' first digits) and passes Luhn;
-  the test cards of `stowpay.wire.cards` also as UTF-16. Timestamps (13-digit milliseconds
-  start with 1), counting ids (24+ digits) and dates do not match.
+  spaces or dashes, not inside a word (hex digests and ids hold digit runs), that starts
+  with 2-6 (the card networks' first digits) and passes Luhn; and the test cards of
+  `stowpay.wire.cards` anywhere, whatever surrounds them, also as UTF-16. Timestamps
+  (13-digit milliseconds start with 1), counting ids (24+ digits) and dates do not match.
 
 Any finding fails the run (exit status 1) after printing where it was, masked. A directory
 holding a file named `.stowpay-planted` is skipped: tests that prove a scanner bites write
@@ -42,12 +43,22 @@ _SECRETS = re.compile(
     rb"|whsec_[A-Za-z0-9]{16,}"
     rb"|rdk_(?:test|live)_[A-Za-z0-9_\-]{16,})"
 )
-_DIGIT_RUN = re.compile(rb"(?<![0-9])[0-9](?:[ \-]?[0-9]){12,18}(?![0-9]|[ \-][0-9])")
+#: Not inside a word: hex digests and base-62 ids hold digit runs that are no card numbers.
+_DIGIT_RUN = re.compile(rb"(?<![0-9A-Za-z])[0-9](?:[ \-]?[0-9]){12,18}(?![0-9A-Za-z]|[ \-][0-9])")
 #: Group sizes a card number is printed in.
 _GROUPINGS = {(4, 4, 4, n) for n in range(1, 5)} | {(4, 4, 4, 4, n) for n in range(1, 4)}
 _GROUPINGS |= {(4, 6, 5), (4, 6, 4)}
-_WIDE = [
-    form for number in CARDS for form in (number.encode("utf-16-le"), number.encode("utf-16-be"))
+#: The test cards are also looked for anywhere, whatever is around them, and as UTF-16.
+_KNOWN = [
+    (number, form)
+    for number in CARDS
+    for form in (
+        number.encode(),
+        " ".join(number[i : i + 4] for i in range(0, len(number), 4)).encode(),
+        "-".join(number[i : i + 4] for i in range(0, len(number), 4)).encode(),
+        number.encode("utf-16-le"),
+        number.encode("utf-16-be"),
+    )
 ]
 #: Files searched for secrets too (not only card numbers).
 _LOG_SUFFIXES = (".log", ".out", ".err", ".txt")
@@ -75,14 +86,16 @@ def find(data: bytes, *, secrets: bool = True) -> list[str]:
     found = []
     if secrets:
         found += [f"secret {_mask(m.group().decode())}" for m in _SECRETS.finditer(data)]
+    seen = set()
     for m in _DIGIT_RUN.finditer(data):
         if _is_card_number(m.group()):
             digits = m.group().decode().replace(" ", "").replace("-", "")
+            seen.add(digits)
             found.append(f"card number {digits[:4]}…{digits[-4:]}")
-    for form in _WIDE:
-        if form in data:
-            digits = form.decode("utf-16-le" if form[1] == 0 else "utf-16-be")
-            found.append(f"card number {digits[:4]}…{digits[-4:]} (UTF-16)")
+    for number, form in _KNOWN:
+        if number not in seen and form in data:
+            seen.add(number)
+            found.append(f"card number {number[:4]}…{number[-4:]} (a test card)")
     return found
 
 

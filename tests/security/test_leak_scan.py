@@ -36,7 +36,7 @@ def planted(tmp_path: Path) -> Path:
         "amex 3782 822463 10005",
         "amex 378282246310005",
         '{"number":"5555555555554444"}',
-        "x6011111111111117y",
+        "x6011111111111117y",  # a test card is found whatever surrounds it
         "key sk_test_" + "A1b2" * 9,
         "rk_live_" + "Zz09" * 6,
         "secret whsec_" + "q" * 32,
@@ -57,6 +57,8 @@ def test_finds_planted_secrets_and_card_numbers(text: str) -> None:
         "last4 4242, fingerprint 0f3a9c",
         "4242424242424241",  # fails Luhn
         "1234567890123452",  # Luhn-valid, but no card starts with 1
+        "a97049aadb38135955644075aa9982",  # a hex digest (Luhn-valid digits inside)
+        "id_X38135955644075",
         "99999999999999999999999",  # longer than any card
         "sk_test_****abcd and whsec_…",  # masked forms are what logs show
         "4242 4242-4242 4242",  # mixed separators
