@@ -10,6 +10,9 @@ import pytest
 from stowpay.cloud.settings import Settings
 from stowpay.cloud.testing import LiveCloud, live_cloud
 
+#: Secrets and card numbers in logs, error bodies or written files fail the run (see there).
+pytest_plugins = ["leak_scan"]
+
 #: A PostgreSQL server for the storage-parametrised tests (CI sets it; locally optional).
 POSTGRES_URL = os.environ.get("STOWPAY_TEST_POSTGRES_URL")
 

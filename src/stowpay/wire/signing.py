@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 
 DEFAULT_TOLERANCE = 300
+#: A timestamp: ASCII digits only (`str.isdigit` also takes "²", which `int` refuses).
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 class SignatureError(ValueError):
@@ -37,7 +40,7 @@ def parse(value: str) -> tuple[int, list[str]]:
         if not sep:
             continue
         if key == "t":
-            if not val.isdigit() or len(val) > 12:
+            if _TIMESTAMP.fullmatch(val) is None:
                 raise SignatureError("Bad timestamp in Stripe-Signature header")
             timestamp = int(val)
         elif key == "v1":
@@ -59,8 +62,11 @@ def verify(
 ) -> int:
     """Check a header against `secret`; return its timestamp or raise `SignatureError`."""
     timestamp, signatures = parse(value)
-    expected = compute(secret, timestamp, payload)
-    if not any(hmac.compare_digest(expected, s) for s in signatures):
+    expected = compute(secret, timestamp, payload).encode()
+    # Compared as bytes: `compare_digest` raises TypeError for text that is not ASCII.
+    if not any(
+        hmac.compare_digest(expected, s.encode("utf-8", "surrogatepass")) for s in signatures
+    ):
         raise SignatureError("No signature matches the expected signature for the payload")
     if tolerance > 0 and abs(now - timestamp) > tolerance:
         raise SignatureError("Timestamp outside the tolerance zone")
