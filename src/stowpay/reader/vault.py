@@ -1066,8 +1066,9 @@ class Vault:
                 display=display,
             )
 
-    def pending(self, limit: int | None = None) -> list[StoredPayment]:
-        """Records to forward, lowest sequence first, display details decrypted.
+    def pending(self, limit: int | None = None, *, after: int | None = None) -> list[StoredPayment]:
+        """Records to forward, lowest sequence first (above `after` if given), display details
+        decrypted.
 
         Each is re-checked (its MAC, its link to the record before it, that it was never
         removed); one that fails is quarantined here and left out.
@@ -1078,7 +1079,7 @@ class Vault:
             state, removed = self._trusted_state(allow_salvage=True)
             out: list[StoredPayment] = []
             bad: list[Finding] = []
-            after = -(1 << 63)
+            after = -(1 << 63) if after is None else after
             prev: _Row | None = None
             while limit is None or len(out) < limit:
                 want = 256 if limit is None else max(limit - len(out), 1)
