@@ -161,6 +161,8 @@ class Run:
     run: int
     count: int = 0
     seconds: float = 0.0
+    #: CPU time of this whole process during the run (every thread, the seal pool's included)
+    cpu: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -168,6 +170,7 @@ class Run:
 
 
 def timed(seconds: float, step: Any, result: Run, start: int = 0) -> None:
+    c0 = time.process_time()
     t0 = time.perf_counter()
     end = t0 + seconds
     n = start
@@ -178,6 +181,7 @@ def timed(seconds: float, step: Any, result: Run, start: int = 0) -> None:
         now = time.perf_counter()
     result.count = n - start
     result.seconds = now - t0
+    result.cpu = time.process_time() - c0
 
 
 def raw_commits(directory: Path, seconds: float, result: Run) -> None:
@@ -257,6 +261,10 @@ def child_confirms(work: Path, confirms: int) -> None:
         reader.close()
 
 
+def cpu_us(run: Run) -> float:
+    return 1e6 * run.cpu / run.count if run.count else 0.0
+
+
 def med(values: list[float]) -> str:
     return f"{statistics.median(values):,.0f} [{min(values):,.0f}-{max(values):,.0f}]"
 
@@ -300,7 +308,8 @@ def main() -> None:
                     raise AssertionError(f"the vault holds {held} payments, {sold} were confirmed")
                 print(
                     f"run {run}: raw {raw.rate:8,.0f} commits/s   core {core.rate:8,.0f} "
-                    f"confirms/s   ratio {core.rate / raw.rate:.2f}   (vault holds {held:,})",
+                    f"confirms/s   ratio {core.rate / raw.rate:.2f}   CPU {cpu_us(core):,.0f} us"
+                    f"/confirm   (vault holds {held:,})",
                     flush=True,
                 )
         finally:
@@ -317,6 +326,8 @@ def main() -> None:
             f"  target >= 0.5: {'MET' if ratio >= 0.5 else 'NOT MET'}"
         )
         print(f"{'core: ms per confirm':48s} {1000 / statistics.median(core_rates):>10.2f}")
+        cpus = [cpu_us(r) for r in results["core"]]
+        print(f"{'core: process CPU us per confirm':48s} {med(cpus):>24s}")
         print(f"confirms refused for a PAN-like cryptogram and collected again: {len(REFUSED)}")
         syncs = None if args.no_strace else count_syncs(work)
         if syncs is not None:

@@ -29,6 +29,9 @@ log = structlog.get_logger("stowpay.webhooks")
 USER_AGENT = "Stripe/1.0 (+https://stripe.com/docs/webhooks)"
 BATCH = 20
 
+#: One ended attempt: the delivery, HTTP status, error, duration (ms), next state, next time.
+_Attempt = tuple[dict[str, Any], int | None, str | None, float, str, float | None]
+
 
 def retry_delay(attempts: int, settings: Settings, rng: random.Random) -> float:
     """Delay before the next try after `attempts` failed ones: doubling, capped, jittered."""
@@ -77,20 +80,25 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), self.settings.webhook_poll_interval)
 
     async def deliver_due(self) -> int:
-        """Send one batch of due deliveries; return how many were attempted."""
+        """Send one batch of due deliveries; return how many were attempted.
+
+        The batch's attempts are recorded together, in one write transaction once every one
+        of them has ended, rather than one transaction (and one fsync) each. Until then the
+        deliveries stay leased; a crash in between sends them again (at-least-once).
+        """
         now = self.settings.clock.now()
         lease = self.settings.webhook_timeout * 3
         with self.store.write() as tx:
             batch = tx.claim_deliveries(now, lease, BATCH)
         if batch:
-            await asyncio.gather(*(self._send(d) for d in batch))
+            attempts = await asyncio.gather(*(self._send(d) for d in batch))
+            self._finish(attempts)
         return len(batch)
 
-    async def _send(self, delivery: dict[str, Any]) -> None:
+    async def _send(self, delivery: dict[str, Any]) -> _Attempt:
         event, endpoint = delivery["event"], delivery["endpoint"]
         if event is None or endpoint is None or endpoint.get("status") != "enabled":
-            self._finish(delivery, None, "endpoint removed or disabled", 0.0, "failed", None)
-            return
+            return (delivery, None, "endpoint removed or disabled", 0.0, "failed", None)
         payload = json.dumps(public(event), indent=2).encode()
         clock_now = self.settings.clock.now()
         secrets = [endpoint["_secret"], *endpoint.get("_previous_secrets", [])]
@@ -111,41 +119,34 @@ class Dispatcher:
             error = f"{type(exc).__name__}: {str(exc)[:200]}"
         duration = (time.perf_counter() - started) * 1000
         if error is None:
-            self._finish(delivery, status, None, duration, "delivered", None)
-            return
+            return (delivery, status, None, duration, "delivered", None)
         age = clock_now - delivery["created"]
         if age >= self.settings.webhook_give_up_after:
-            self._finish(delivery, status, error, duration, "failed", None)
-            return
+            return (delivery, status, error, duration, "failed", None)
         delay = retry_delay(delivery["attempts"] + 1, self.settings, self.rng)
-        self._finish(delivery, status, error, duration, "pending", clock_now + delay)
+        return (delivery, status, error, duration, "pending", clock_now + delay)
 
-    def _finish(
-        self,
-        delivery: dict[str, Any],
-        status: int | None,
-        error: str | None,
-        duration: float,
-        state: str,
-        next_at: float | None,
-    ) -> None:
+    def _finish(self, attempts: list[_Attempt]) -> None:
+        at = self.settings.clock.now()
         with self.store.write() as tx:
-            tx.finish_attempt(
-                delivery["id"],
-                at=self.settings.clock.now(),
+            for delivery, status, error, duration, state, next_at in attempts:
+                tx.finish_attempt(
+                    delivery["id"],
+                    at=at,
+                    status=status,
+                    error=error,
+                    duration_ms=duration,
+                    state=state,
+                    next_attempt_at=next_at,
+                )
+        for delivery, status, _, _, state, _ in attempts:
+            log.info(
+                "webhook attempt",
+                delivery=delivery["id"],
+                event_id=delivery["event_id"],
                 status=status,
-                error=error,
-                duration_ms=duration,
                 state=state,
-                next_attempt_at=next_at,
             )
-        log.info(
-            "webhook attempt",
-            delivery=delivery["id"],
-            event_id=delivery["event_id"],
-            status=status,
-            state=state,
-        )
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -1055,19 +1055,21 @@ class ReaderCore:
         # Uses are counted in the vault under a keyed hash of the number, in each payment's own
         # transaction, so the count is exact after a crash and costs no write of its own.
         card_tag = self.state.card_tag(reading.card.number)
+        policy = context.policy
         try:
-            check_amount(
-                intent.amount, intent.currency, offline_currencies=None, policy=context.policy
-            )
+            check_amount(intent.amount, intent.currency, offline_currencies=None, policy=policy)
             summary = self.vault.summary()
             check_stored(
                 intent.amount,
                 intent.currency,
-                policy=context.policy,
+                policy=policy,
                 stored_count=summary.count,
                 stored_totals=summary.amounts,
                 oldest_stored_at=summary.oldest_stored_at,
-                uses_of_card=self.vault.card_uses(card_tag),
+                # Counted only under a per-card limit: one indexed query saved per confirm.
+                uses_of_card=(
+                    0 if policy.max_uses_per_card is None else self.vault.card_uses(card_tag)
+                ),
                 now=now,
             )
         except RuleError as exc:

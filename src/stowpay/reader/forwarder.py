@@ -17,12 +17,21 @@ token per request and the cloud checks that it is of the reader's account. With 
 connected the records wait, unless the reader runs *unattended* (then the device key alone is
 used). Records of another account than the device's are never sent.
 
+One request is in flight at a time, in sequence order. While the cloud works on a batch, the
+forwarder removes the batch answered before it and reads the next one from the vault (the
+request itself runs on a helper thread), so the reader's own work overlaps the cloud's
+instead of adding to it. Nothing else changes: each record is removed only after its own
+outcome arrived, a batch is sent only after the one before it was fully answered, and a
+removal that fails stops forwarding (a batch already in flight then stays stored and is sent
+again: the cloud answers it as a repeat).
+
 A library: no HTTP server, no global state. The reader daemon and the SDK's in-process reader
 both run it, in the background (`start`) or synchronously (`drain`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -268,29 +277,50 @@ class Forwarder:
         self, device_key: str, tally: _Tally, strays: list[int], halt: threading.Event
     ) -> None:
         skipped: set[int] = set()
-        while not halt.is_set():
-            batch = self._next_batch(skipped, strays)
-            if not batch:
-                return
-            token = self._token(batch)
-            if token is None and not self._unattended:
-                # No POS to vouch for the records and the reader does not forward on its own:
-                # they wait for a POS to connect (which wakes the forwarder).
-                log.debug("forwarding_waits_for_pos", pending=len(batch))
-                return
-            tally.attempted = True
-            outcomes = self._send(device_key, batch, token)
-            self._settle(batch, outcomes, tally, len(skipped))
-            with self._state:
-                self._failures = 0
+        batch = self._next_batch(skipped, strays)
+        if not batch:
+            return
+        # The batch answered last, removed while the next one is at the cloud.
+        answered: _Answered | None = None
+        sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stowpay-forward")
+        try:
+            while batch and not halt.is_set():
+                token = self._token(batch)
+                if token is None and not self._unattended:
+                    # No POS to vouch for the records and the reader does not forward on its
+                    # own: they wait for a POS to connect (which wakes the forwarder).
+                    log.debug("forwarding_waits_for_pos", pending=len(batch))
+                    return
+                tally.attempted = True
+                sending = sender.submit(self._send, device_key, batch, token)
+                try:
+                    if answered is not None:
+                        done, answered = answered, None
+                        self._settle(done, tally, len(skipped))
+                    following = self._next_batch(skipped, strays, after=batch[-1].sequence)
+                finally:
+                    concurrent.futures.wait([sending])
+                answered = _match(batch, sending.result())
+                if answered.unanswered:
+                    done, answered = answered, None
+                    self._settle(done, tally, len(skipped))
+                with self._state:
+                    self._failures = 0
+                batch = following
+        finally:
+            sender.shutdown(wait=True)
+            if answered is not None:
+                self._settle(answered, tally, len(skipped))
 
-    def _next_batch(self, skipped: set[int], strays: list[int]) -> list[StoredPayment]:
-        """The lowest pending records not held back, at most `batch_size` of them."""
+    def _next_batch(
+        self, skipped: set[int], strays: list[int], *, after: int | None = None
+    ) -> list[StoredPayment]:
+        """The lowest pending records (above `after`) not held back, at most `batch_size`."""
         account = self._account() if self._account is not None else None
         while True:
             limit = len(skipped) + self._batch_size
             try:
-                records = self._vault.pending(limit)
+                records = self._vault.pending(limit, after=after)
             except VaultError as exc:
                 raise _Stop(_vault_error("the vault could not be read", exc)) from exc
             fresh = [r for r in records if r.sequence not in skipped]
@@ -355,19 +385,9 @@ class Forwarder:
                 )
             ) from exc
 
-    def _settle(
-        self,
-        batch: Sequence[StoredPayment],
-        outcomes: Sequence[ForwardOutcome],
-        tally: _Tally,
-        skipped: int,
-    ) -> None:
+    def _settle(self, answered: _Answered, tally: _Tally, skipped: int) -> None:
         """Remove the records that have an outcome, then tell the listener about them."""
-        by_sequence: dict[int, ForwardOutcome] = {}
-        for outcome in outcomes:
-            if outcome.status in FINAL_STATUSES:
-                by_sequence.setdefault(outcome.sequence, outcome)
-        settled = [(r, by_sequence[r.sequence]) for r in batch if r.sequence in by_sequence]
+        batch, settled = answered.batch, answered.settled
         gone, failure = self._remove([r.sequence for r, _ in settled], skipped, len(batch))
         done = [(r, o) for r, o in settled if r.sequence in gone]
         for _, outcome in done:
@@ -384,14 +404,13 @@ class Forwarder:
             self._notify_forwarded(record, outcome)
         if failure is not None:
             raise failure
-        if len(settled) < len(batch):
-            unanswered = tuple(r.sequence for r in batch if r.sequence not in by_sequence)
+        if answered.unanswered:
             raise _Stop(
                 ForwardingError(
                     ErrorCode.STRIPE_API_ERROR,
                     f"the cloud answered {len(settled)} of {len(batch)} forwarded payments; "
                     "the others stay stored",
-                    unanswered,
+                    answered.unanswered,
                 )
             )
 
@@ -518,6 +537,26 @@ class Forwarder:
         if retry_at is None:
             return None
         return min(max(retry_at - self._clock.now(), 0.0), _MAX_WAIT)
+
+
+@dataclass(frozen=True)
+class _Answered:
+    """A batch and the outcomes the cloud gave for it, not yet removed."""
+
+    batch: Sequence[StoredPayment]
+    settled: list[tuple[StoredPayment, ForwardOutcome]]
+    #: sequences sent that came back without a final outcome (they stay stored)
+    unanswered: tuple[int, ...]
+
+
+def _match(batch: Sequence[StoredPayment], outcomes: Sequence[ForwardOutcome]) -> _Answered:
+    by_sequence: dict[int, ForwardOutcome] = {}
+    for outcome in outcomes:
+        if outcome.status in FINAL_STATUSES:
+            by_sequence.setdefault(outcome.sequence, outcome)
+    settled = [(r, by_sequence[r.sequence]) for r in batch if r.sequence in by_sequence]
+    unanswered = tuple(r.sequence for r in batch if r.sequence not in by_sequence)
+    return _Answered(batch, settled, unanswered)
 
 
 def _sequences(batch: Sequence[StoredPayment]) -> tuple[int, ...]:

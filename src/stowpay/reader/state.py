@@ -149,6 +149,8 @@ class ReaderState:
         self._identity = identity
         self._mutex = threading.RLock()
         self._software_check_saved = float(doc.get("software_updated_at") or 0.0)
+        # The parsed form of the context dict it was read from (a confirm reads it 3 times).
+        self._context_cache: tuple[object, CachedContext] | None = None
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -252,12 +254,18 @@ class ReaderState:
     def context(self) -> CachedContext | None:
         """The context of the last heartbeat, or None before the first one."""
         raw = self._doc.get("context")
+        cached = self._context_cache
+        if cached is not None and cached[0] is raw:
+            return cached[1]
         if not isinstance(raw, Mapping):
             return None
         try:
-            return CachedContext.from_dict(raw)
+            context = CachedContext.from_dict(raw)
         except (KeyError, TypeError, ValueError):
             return None
+        # `save_context` puts a new dict in place, so the identity check sees every change.
+        self._context_cache = (raw, context)
+        return context
 
     def save_context(self, context: CachedContext) -> None:
         """Keep a heartbeat's context; written only when something in it changed."""

@@ -125,6 +125,7 @@ from ..wire import sealed as sealing
 from ..wire.cards import luhn_ok
 from ..wire.clock import Clock
 from . import _durable
+from ._seal_pool import SealPool
 
 log = structlog.get_logger("stowpay.reader.vault")
 
@@ -165,6 +166,10 @@ RECEIPT_CHIP_FIELDS = frozenset(
     }
 )
 _DIGIT_RUN = re.compile(r"\d(?:[ \-]?\d){12,18}(?!\d)")
+#: Room for the pages a store can add beyond its bytes (b-tree splits in the record table,
+#: its index and card_uses, an overflow page's slack): 16 of the largest pages SQLite has,
+#: far more than one insert can take.
+_SPLIT_ROOM = 16 * 65536
 _SQLITE_FULL = 13
 _SQLITE_BUSY = 5
 #: SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_NOTADB: the vault stops and must be reopened.
@@ -649,8 +654,10 @@ class _State:
 
     def sealed_with(self, key: bytes, **changes: Any) -> _State:
         """A copy with `changes` applied and its MAC recomputed."""
-        new = replace(self, **changes)
-        return replace(new, state_mac=_mac(key, new.body()))
+        values = {**self.__dict__, **changes}
+        new = _State(**values)
+        values["state_mac"] = _mac(key, new.body())
+        return _State(**values)
 
 
 _STATE_COLUMNS = (
@@ -778,6 +785,10 @@ class Vault:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self._sealing_key = sealing_key
+        #: Ephemeral keys for the sealing key made ahead, off the confirm's path.
+        self._seal_pool = SealPool()
+        if sealing_key is not None:
+            self._seal_pool.use_key(sealing_key.public_key)
         self._salvage = salvage
         self._tip_every = tip_every
         self._stores_since_tip = 0
@@ -789,6 +800,10 @@ class Vault:
         #: What `summary` answers, kept in step by `store` and dropped by every other write
         #: (recomputed on the next call), so a confirm does not walk every held record.
         self._summary: VaultSummary | None = None
+        #: An upper bound of the bytes in use (see `_room_for`), or None to ask SQLite;
+        #: dropped by every write but a store, like `_summary`.
+        self._used_bound: int | None = None
+        self._key_checks: dict[bytes, bytes] = {}
         #: The report of the verify run at open.
         self.last_report: VerifyReport | None = None
 
@@ -947,6 +962,7 @@ class Vault:
         """Use `key` (the cloud's current public key) for payments stored from now on."""
         with self._mutex:
             self._sealing_key = key
+            self._seal_pool.use_key(key.public_key)
 
     def store(self, payment: OfflinePayment, *, card_tag: str | None = None) -> StoredPayment:
         """Store a payment durably; return only after COMMIT returned.
@@ -971,6 +987,7 @@ class Vault:
             if card_tag is not None and not _TAG.fullmatch(card_tag):
                 raise VaultInputError("a card tag is 64 hex digits (a keyed hash)")
             cached = self._summary
+            used_bound = self._used_bound
             with self._transaction() as conn:
                 state = self._checked_state()
                 live = state.head - state.anchor - state.removed_count
@@ -985,6 +1002,7 @@ class Vault:
                     key.key_id,
                     sealed_plain,
                     sealing.associated_data(payment.account, payment.reader, sequence),
+                    ephemeral=self._seal_pool.take(key.public_key),
                 )
                 display_blob = self._encrypt_display(
                     state.vault_id, sequence, payment, local_id, display
@@ -1008,10 +1026,17 @@ class Vault:
                     mac=b"",
                 )
                 size = sum(len(v) for v in row if isinstance(v, bytes)) + 128
-                if _used_bytes(conn) + size > self.max_bytes:
-                    raise VaultFullError(
-                        f"the vault would exceed its {self.max_bytes} bytes", limit="bytes"
-                    )
+                # The page count is asked of SQLite only when the bound kept since it was
+                # last asked (each store adds its size and room for page splits) comes near
+                # the limit: far from it, no store can cross it.
+                growth = size + _SPLIT_ROOM
+                if used_bound is None or used_bound + growth > self.max_bytes:
+                    used_bound = _used_bytes(conn)
+                    if used_bound + size > self.max_bytes:
+                        raise VaultFullError(
+                            f"the vault would exceed its {self.max_bytes} bytes", limit="bytes"
+                        )
+                used_bound += growth
                 mac = _mac(self._keys.mac, row.prev_mac, row.canonical(state.vault_id))
                 row = row._replace(mac=mac)
                 conn.execute(_INSERT_RECORD, _sql_values(row))
@@ -1023,15 +1048,16 @@ class Vault:
                 self._save_state(conn, state, head=sequence, head_mac=mac)
             # Committed: from here on nothing may raise, or the POS would decline a payment
             # that is stored and will be charged.
+            self._used_bound = used_bound
             if cached is not None:
                 amounts = dict(cached.amounts)
                 amounts[payment.currency] = amounts.get(payment.currency, 0) + payment.amount
                 oldest = cached.oldest_stored_at
-                self._summary = replace(
-                    cached,
+                self._summary = VaultSummary(
                     count=cached.count + 1,
                     amounts=dict(sorted(amounts.items())),
                     oldest_stored_at=stored_at if oldest is None else min(oldest, stored_at),
+                    quarantined=cached.quarantined,
                     head_sequence=sequence,
                 )
             self._stores_since_tip += 1
@@ -1052,8 +1078,9 @@ class Vault:
                 display=display,
             )
 
-    def pending(self, limit: int | None = None) -> list[StoredPayment]:
-        """Records to forward, lowest sequence first, display details decrypted.
+    def pending(self, limit: int | None = None, *, after: int | None = None) -> list[StoredPayment]:
+        """Records to forward, lowest sequence first (above `after` if given), display details
+        decrypted.
 
         Each is re-checked (its MAC, its link to the record before it, that it was never
         removed); one that fails is quarantined here and left out.
@@ -1064,7 +1091,7 @@ class Vault:
             state, removed = self._trusted_state(allow_salvage=True)
             out: list[StoredPayment] = []
             bad: list[Finding] = []
-            after = -(1 << 63)
+            after = -(1 << 63) if after is None else after
             prev: _Row | None = None
             while limit is None or len(out) < limit:
                 want = 256 if limit is None else max(limit - len(out), 1)
@@ -1264,7 +1291,7 @@ class Vault:
         with self._reading() as conn:
             cached = self._summary
             if cached is not None:
-                return replace(cached, amounts=dict(cached.amounts))
+                return VaultSummary(**{**cached.__dict__, "amounts": dict(cached.amounts)})
             rows = conn.execute(
                 "SELECT CAST(currency AS TEXT), count(*), sum(amount), min(stored_at) "
                 "FROM records GROUP BY 1 ORDER BY 1"
@@ -1347,6 +1374,7 @@ class Vault:
 
         Raises `VaultWriteError` (after releasing everything) if the tip could not be written.
         """
+        self._seal_pool.close()
         with self._mutex:
             conn = self._conn
             if conn is None:
@@ -1399,8 +1427,9 @@ class Vault:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT; any SQLite error becomes `VaultWriteError` after rollback."""
         conn = self._connection()
-        # Whatever this writes, the cached summary may no longer match it.
+        # Whatever this writes, the cached summary and size bound may no longer match it.
         self._summary = None
+        self._used_bound = None
         committing = False
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -1472,7 +1501,11 @@ class Vault:
         return new
 
     def _key_check(self, vault_id: bytes) -> bytes:
-        return _mac(self._keys.mac, b"stowpay vault key check v1\x00", vault_id)
+        check = self._key_checks.get(vault_id)
+        if check is None:
+            check = _mac(self._keys.mac, b"stowpay vault key check v1\x00", vault_id)
+            self._key_checks[vault_id] = check
+        return check
 
     def _removed_hash(self, sequence: int, mac: bytes) -> bytes:
         return _mac(self._keys.mac, b"stowpay vault removed v1\x00", _enc(sequence, mac))
@@ -2004,16 +2037,15 @@ def _state_values(state: _State) -> tuple[Any, ...]:
     )
 
 
+#: Whether each record column is text (it goes in as str so STRICT stores it as TEXT).
+_TEXT_COLUMN = tuple(kind.startswith("text") for _, kind in _RECORD_COLUMNS)
+
+
 def _sql_values(row: _Row) -> tuple[Any, ...]:
-    # Text columns go in as str so SQLite stores them as TEXT (STRICT checks it).
-    text = {"account", "reader", "currency", "capture_method", "metadata", "local_id"}
-    out: list[Any] = []
-    for (name, _), value in zip(_RECORD_COLUMNS, row, strict=True):
-        if isinstance(value, bytes) and (name in text or name == "description"):
-            out.append(value.decode())
-        else:
-            out.append(value)
-    return tuple(out)
+    return tuple(
+        value.decode() if text and isinstance(value, bytes) else value
+        for text, value in zip(_TEXT_COLUMN, row, strict=True)
+    )
 
 
 def _missing(state: _State, removed: Mapping[int, bytes], present: set[int]) -> list[Finding]:
@@ -2090,10 +2122,10 @@ def _code_name(exc: BaseException) -> str | None:
 
 
 def _looks_like_pan(text: str, number: str) -> bool:
-    if number and number in re.sub(r"[ \-]", "", text):
+    if number and number in text.replace(" ", "").replace("-", ""):
         return True
     for match in _DIGIT_RUN.finditer(text):
-        digits = re.sub(r"[ \-]", "", match.group())
+        digits = match.group().replace(" ", "").replace("-", "")
         if luhn_ok(digits):
             return True
     return False

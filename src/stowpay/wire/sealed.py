@@ -8,11 +8,17 @@ could open it.
 
 Envelope (bytes): version (1) | key id length (1) | key id | ephemeral public key (32) |
 nonce (12) | ciphertext+tag.
+
+The ephemeral key pair, the X25519 exchange and the HKDF step depend only on the recipient's
+key, not on what is sealed, so a writer may make them ahead of time (`prepare`, about 0.15 ms
+of the 0.17 ms a seal costs) and pass one to `seal`. Each `Ephemeral` seals exactly one
+plaintext (`seal` marks it used and refuses it again) and lives in memory only.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -44,17 +50,63 @@ def _raw(public: X25519PublicKey) -> bytes:
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def seal(recipient: bytes, key_id: str, plaintext: bytes, aad: bytes) -> bytes:
-    """Seal `plaintext` to the raw 32-byte X25519 public key `recipient`."""
-    kid = key_id.encode()
-    if len(kid) > 255 or len(recipient) != 32:
+class Ephemeral:
+    """A fresh ephemeral key pair's public half and the AES key it shares with `recipient`.
+
+    Made by `prepare`; good for one `seal` to that recipient, never kept on disk. The
+    ephemeral private key is dropped as soon as the shared key is derived.
+    """
+
+    __slots__ = ("_lock", "_used", "key", "public", "recipient")
+
+    def __init__(self, recipient: bytes, public: bytes, key: bytes) -> None:
+        self.recipient = recipient
+        self.public = public
+        self.key = key
+        self._used = False
+        self._lock = threading.Lock()
+
+    def use(self) -> bytes:
+        """The AES key, once: a second use raises `SealError` (a key never seals twice)."""
+        with self._lock:
+            if self._used:
+                raise SealError("this ephemeral key has sealed a record already")
+            self._used = True
+            return self.key
+
+
+def prepare(recipient: bytes) -> Ephemeral:
+    """Generate an ephemeral key pair and derive its key with `recipient` (see `seal`)."""
+    if len(recipient) != 32:
         raise SealError("bad recipient key")
     ephemeral = X25519PrivateKey.generate()
     shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient))
     eph_raw = _raw(ephemeral.public_key())
+    return Ephemeral(recipient, eph_raw, _key(shared, eph_raw, recipient))
+
+
+def seal(
+    recipient: bytes,
+    key_id: str,
+    plaintext: bytes,
+    aad: bytes,
+    *,
+    ephemeral: Ephemeral | None = None,
+) -> bytes:
+    """Seal `plaintext` to the raw 32-byte X25519 public key `recipient`.
+
+    `ephemeral` is one made ahead by `prepare` for the same recipient; without it (or if it
+    was made for another key) a fresh one is made here.
+    """
+    kid = key_id.encode()
+    if len(kid) > 255 or len(recipient) != 32:
+        raise SealError("bad recipient key")
+    if ephemeral is None or ephemeral.recipient != recipient:
+        ephemeral = prepare(recipient)
+    key = ephemeral.use()
     nonce = os.urandom(12)
-    header = bytes([VERSION, len(kid)]) + kid + eph_raw + nonce
-    body = AESGCM(_key(shared, eph_raw, recipient)).encrypt(nonce, plaintext, header + aad)
+    header = bytes([VERSION, len(kid)]) + kid + ephemeral.public + nonce
+    body = AESGCM(key).encrypt(nonce, plaintext, header + aad)
     return header + body
 
 

@@ -677,11 +677,6 @@ class _Pending:
     insert: bool
 
 
-#: Object types written as they are when inserted (they are snapshots): the others are
-#: serialized once, at flush, as they are then.
-_SNAPSHOT_TYPES = frozenset({"event"})
-
-
 class BatchTx(Tx):
     """A write-behind view of a transaction, for work that writes many objects at once.
 
@@ -690,13 +685,10 @@ class BatchTx(Tx):
     inserted and then updated in the batch is written once, in its final state. Reads see
     the held writes first (a copy, as a read from the database would give).
 
-    An update is serialized when it is made, as `Tx.update` does. An inserted object other
-    than an event is serialized at flush, as it is then, unless an update came in between:
-    code that changes an object after inserting it calls `update` (as domain code does), so
-    the stored state is the one the row-by-row `Tx` would have stored, and an object inserted
-    then updated (a PaymentIntent made then confirmed) is serialized once. Events are
-    snapshots and are serialized when inserted. Nothing is written unless `flush` is called,
-    inside the same transaction.
+    Inserts and updates are serialized when they are made, as `Tx` does, so the stored state
+    is the one the row-by-row `Tx` would have stored, and the JSON is returned for an event
+    about the object to embed (`events.emit(stored=...)`). Nothing is written unless `flush`
+    is called, inside the same transaction.
     """
 
     def __init__(self, tx: Tx) -> None:
@@ -747,15 +739,16 @@ class BatchTx(Tx):
         ref: str | None = None,
         status: str | None = None,
         body: str | None = None,
-    ) -> None:
+    ) -> str | None:
+        """Hold a new object, serialized now as `Tx.insert` stores it; that JSON is returned,
+        so an event about the object embeds it instead of serializing the object again."""
         if obj["id"] in self._pending:
             raise ValueError(f"object {obj['id']} is inserted twice")
-        if obj["object"] not in _SNAPSHOT_TYPES:
-            body = None
-        elif body is None:
+        if body is None:
             body = json.dumps(obj)
         self._pending[obj["id"]] = _Pending(account_id, obj, ref, status, body, insert=True)
         self._touched(obj["object"])
+        return body
 
     def update(self, account_id: str, obj: dict[str, Any], *, ref: str | None = None) -> str | None:
         """Hold the object's new state, serialized now as `Tx.update` would store it; that JSON
