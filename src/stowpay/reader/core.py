@@ -444,21 +444,26 @@ class ReaderCore:
         return ctx
 
     def _report_in(self, identity: Identity, lan_url: str | None) -> ReaderContext:
-        if lan_url is None:
-            return self.link.heartbeat(
-                identity.device_key,
-                status="online",
-                ip_address=self._ip_address(),
-                device_sw_version=self.software_version,
-            )
-        # Only when there is one: links made before discovery take no `lan_url`.
+        extra: dict[str, Any] = {"offline": self._backlog()}
+        if lan_url is not None:
+            # Only when there is one: links made before discovery take no `lan_url`.
+            extra["lan_url"] = lan_url
         return self.link.heartbeat(
             identity.device_key,
             status="online",
             ip_address=self._ip_address(),
             device_sw_version=self.software_version,
-            lan_url=lan_url,
+            **extra,
         )
+
+    def _backlog(self) -> dict[str, Any]:
+        """What the vault holds, as the heartbeat reports it (the merchant's money at risk)."""
+        summary = self.vault.summary()
+        return {
+            "stored_count": summary.count,
+            "amounts": dict(summary.amounts),
+            "oldest_stored_at": summary.oldest_stored_at,
+        }
 
     def _catch_up(self, highest: int | None, now: float) -> None:
         """Move the vault's counter past the highest sequence the cloud holds from this reader.
