@@ -447,6 +447,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     from .routes.device import device_routes  # the reader's API (`docs/reader-protocol.md`)
 
     route_list.extend(device_routes(cloud))
+    from .dashboard import dashboard_routes  # the merchant's pages and reconciliation API
+
+    route_list.extend(dashboard_routes(cloud))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
