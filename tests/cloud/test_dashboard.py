@@ -23,6 +23,7 @@ from test_device_api import (
     register,
 )
 
+from conftest import POSTGRES_URL, _fresh_postgres_db
 from stowpay.cloud import reconcile
 from stowpay.cloud.dashboard import session as sessions
 from stowpay.cloud.settings import Settings
@@ -37,14 +38,22 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def live(tmp_path: Path, clock: ManualClock) -> Iterator[LiveCloud]:
-    server = live_cloud(
-        Settings(db=str(tmp_path / "cloud.db"), clock=clock, webhook_poll_interval=3600.0)
-    )
+def live(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock) -> Iterator[LiveCloud]:
+    """A cloud with two accounts, over SQLite (or PostgreSQL for tests marked `BOTH`)."""
+    db = str(tmp_path / "cloud.db")
+    if getattr(request, "param", "sqlite") == "postgres":
+        if POSTGRES_URL is None:
+            pytest.skip("STOWPAY_TEST_POSTGRES_URL is not set")
+        db = _fresh_postgres_db()
+    server = live_cloud(Settings(db=db, clock=clock, webhook_poll_interval=3600.0))
     server.new_account()
     server.new_account()
     yield server
     server.stop()
+
+
+#: The account-isolation and reconciliation queries run on both databases.
+BOTH = pytest.mark.parametrize("live", ["sqlite", "postgres"], indirect=True)
 
 
 @pytest.fixture
@@ -198,6 +207,7 @@ def test_a_reader_nearing_the_maximum_age_is_flagged(
     assert "past the maximum age" in page and "offline</span>" in page
 
 
+@BOTH
 def test_a_session_sees_only_its_own_account(live: LiveCloud, shop: dict[str, Any]) -> None:
     own = sign_in(live, live.accounts[0].secret_key)
     other = sign_in(live, live.accounts[1].secret_key)
@@ -221,6 +231,7 @@ def test_a_session_sees_only_its_own_account(live: LiveCloud, shop: dict[str, An
     assert api["payments"] == [] and api["not_forwarded"] == []
 
 
+@BOTH
 def test_resend_queues_the_event_again_and_needs_the_forms_csrf_token(
     live: LiveCloud, shop: dict[str, Any]
 ) -> None:
@@ -239,6 +250,7 @@ def test_resend_queues_the_event_again_and_needs_the_forms_csrf_token(
     assert len(re.findall(r'data-delivery="', after)) == len(deliveries) + 1
 
 
+@BOTH
 def test_reconciliation_joins_orders_and_reports_gaps_declines_and_backlog(
     live: LiveCloud, shop: dict[str, Any]
 ) -> None:
