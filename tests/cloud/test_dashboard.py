@@ -147,6 +147,26 @@ def test_sign_in_needs_a_valid_key_and_the_cookie_never_holds_it(live: LiveCloud
     assert live.accounts[0].secret_key not in page.text
 
 
+def test_a_dashboard_token_signs_in_without_the_secret_key(
+    live: LiveCloud, shop: dict[str, Any]
+) -> None:
+    account = live.accounts[0].account["id"]
+    made = cli("cloud", "dashboard-token", "--db", live.settings.db, "--account", account, env={})
+    assert made.exit_code == 0, made.output
+    token = made.stdout.strip()
+    assert token.startswith("dsh_") and live.accounts[0].secret_key not in token
+    client = sign_in(live, token)
+    assert len(re.findall(r'<tr data-pi="', client.get("/dashboard/payments").text)) == 3
+    # A token altered by one character signs nobody in.
+    forged = token[:-1] + ("A" if token[-1] != "A" else "B")
+    bad = httpx.post(live.url + "/dashboard/login", data={"key": forged})
+    assert bad.status_code == 401
+    unknown = cli(
+        "cloud", "dashboard-token", "--db", live.settings.db, "--account", "acct_x", env={}
+    )
+    assert unknown.exit_code == 1 and "no such account" in unknown.output
+
+
 def test_payments_page_shows_offline_payments_with_their_times_and_declines(
     live: LiveCloud, shop: dict[str, Any]
 ) -> None:
@@ -229,6 +249,17 @@ def test_a_session_sees_only_its_own_account(live: LiveCloud, shop: dict[str, An
         headers={"Authorization": f"Bearer {live.accounts[1].secret_key}"},
     ).json()
     assert api["payments"] == [] and api["not_forwarded"] == []
+    day = reconcile.iso(START)[:10]
+    exports = {
+        n: httpx.get(
+            f"{live.url}/v1/stowpay/audit_exports/{day}",
+            headers={"Authorization": f"Bearer {live.accounts[n].secret_key}"},
+        )
+        for n in (0, 1)
+    }
+    assert len(exports[0].content.splitlines()) == 4  # three payments and the signature
+    assert len(exports[1].content.splitlines()) == 1  # the signature alone
+    assert all(p not in exports[1].text for p in pis)
 
 
 @BOTH

@@ -141,6 +141,68 @@ def decline_of(pi: dict[str, Any], charge: dict[str, Any] | None) -> str | None:
     return None
 
 
+def payment_rows(
+    tx: Tx, account_id: str, intents: Sequence[dict[str, Any]], *, metadata_key: str = "order_id"
+) -> list[dict[str, Any]]:
+    """A report row for each of these PaymentIntents (the account's), in their order."""
+    if not intents:
+        return []
+    pi_ids = [pi["id"] for pi in intents]
+    wanted = set(pi_ids)
+    charges = {c["id"]: c for c in _objects(tx, account_id, "charge", refs=pi_ids)}
+    # A record is written with its PaymentIntent, or later (one created online, then stored
+    # when its confirm went unanswered): none is older than the oldest intent.
+    oldest = min(float(pi["created"]) for pi in intents)
+    records = {
+        r["payment_intent"]: r
+        for r in _objects(tx, account_id, RECORD, since=oldest)
+        if r.get("payment_intent") in wanted
+    }
+    events = _objects(tx, account_id, "event", refs=[*pi_ids, *charges])
+    deliveries = deliveries_by_event(tx, account_id, [e["id"] for e in events])
+    hooks: dict[str, dict[str, int]] = {}
+    for event in events:
+        obj = (event.get("data") or {}).get("object") or {}
+        is_pi = obj.get("object") == "payment_intent"
+        pi_id = obj.get("id") if is_pi else obj.get("payment_intent")
+        if not isinstance(pi_id, str):
+            continue
+        tally = hooks.setdefault(pi_id, dict.fromkeys(_TALLY, 0))
+        tally["events"] += 1
+        for d in deliveries.get(event["id"], []):
+            tally[str(d.state)] = tally.get(str(d.state), 0) + 1
+    rows = []
+    for pi in intents:
+        charge = charges.get(pi.get("latest_charge") or "")
+        offline = offline_of(charge)
+        record = records.get(pi["id"])
+        stored_at = record["stored_at"] if record else (offline or {}).get("stored_at")
+        forwarded_at = record["created"] if record else (pi["created"] if offline else None)
+        metadata = pi.get("metadata") or {}
+        rows.append(
+            {
+                "order": metadata.get(metadata_key),
+                "payment_intent": pi["id"],
+                "status": pi["status"],
+                "amount": pi["amount"],
+                "currency": pi["currency"],
+                "created": pi["created"],
+                "charge": charge["id"] if charge else None,
+                "charge_status": charge.get("status") if charge else None,
+                "offline": offline is not None or record is not None,
+                "reader": record["reader"] if record else _reader_of(charge),
+                "sequence": record["sequence"] if record else None,
+                "stored_at": stored_at,
+                "forwarded_at": forwarded_at,
+                "lag": (forwarded_at - stored_at) if stored_at and forwarded_at else None,
+                "decline": decline_of(pi, charge),
+                "webhooks": hooks.get(pi["id"], dict.fromkeys(_TALLY, 0)),
+                "metadata": metadata,
+            }
+        )
+    return rows
+
+
 def report(
     tx: Tx,
     account_id: str,
@@ -153,59 +215,8 @@ def report(
     out = Report(since=since)
     intents = _objects(tx, account_id, "payment_intent", since=since, limit=MAX_ROWS + 1)
     out.truncated = len(intents) > MAX_ROWS
-    intents = intents[:MAX_ROWS]
-    pi_ids = [pi["id"] for pi in intents]
-    charges = {c["id"]: c for c in _objects(tx, account_id, "charge", refs=pi_ids)}
-    records = {
-        r["payment_intent"]: r
-        for r in _objects(tx, account_id, RECORD, since=since)
-        if r.get("payment_intent")
-    }
-    events = _objects(tx, account_id, "event", refs=[*pi_ids, *charges])
-    deliveries = deliveries_by_event(tx, account_id, [e["id"] for e in events])
-    hooks: dict[str, dict[str, int]] = {}
-    for event in events:
-        obj = (event.get("data") or {}).get("object") or {}
-        pi_id = (
-            obj.get("id") if obj.get("object") == "payment_intent" else obj.get("payment_intent")
-        )
-        if not isinstance(pi_id, str):
-            continue
-        tally = hooks.setdefault(pi_id, dict.fromkeys(_TALLY, 0))
-        tally["events"] += 1
-        for d in deliveries.get(event["id"], []):
-            tally[str(d.state)] = tally.get(str(d.state), 0) + 1
-    for pi in intents:
-        charge = charges.get(pi.get("latest_charge") or "")
-        offline = offline_of(charge)
-        record = records.get(pi["id"])
-        stored_at = record["stored_at"] if record else (offline or {}).get("stored_at")
-        forwarded_at = record["created"] if record else (pi["created"] if offline else None)
-        metadata = pi.get("metadata") or {}
-        row = {
-            "order": metadata.get(metadata_key),
-            "payment_intent": pi["id"],
-            "status": pi["status"],
-            "amount": pi["amount"],
-            "currency": pi["currency"],
-            "created": pi["created"],
-            "charge": charge["id"] if charge else None,
-            "charge_status": charge.get("status") if charge else None,
-            "offline": offline is not None or record is not None,
-            "reader": record["reader"] if record else _reader_of(charge),
-            "sequence": record["sequence"] if record else None,
-            "stored_at": stored_at,
-            "forwarded_at": forwarded_at,
-            "lag": (forwarded_at - stored_at) if stored_at and forwarded_at else None,
-            "decline": decline_of(pi, charge),
-            "webhooks": hooks.get(
-                pi["id"], {"events": 0, "delivered": 0, "pending": 0, "failed": 0}
-            ),
-            "metadata": metadata,
-        }
-        out.rows.append(row)
-        if row["offline"] and row["decline"]:
-            out.declined.append(row)
+    out.rows = payment_rows(tx, account_id, intents[:MAX_ROWS], metadata_key=metadata_key)
+    out.declined = [r for r in out.rows if r["offline"] and r["decline"]]
     for r in _objects(tx, account_id, REJECTION, since=since):
         error = r.get("error") or {}
         out.rejected.append(

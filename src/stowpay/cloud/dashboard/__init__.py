@@ -56,18 +56,27 @@ class Dashboard:
         self.cloud = cloud
         self.store = cloud.store
         self.settings = cloud.settings
+        self._key: bytes | None = None
 
     def now(self) -> float:
         return float(self.settings.clock.now())
 
     # -- sessions ---------------------------------------------------------------------------
 
+    def _signing_key(self) -> bytes:
+        """The sessions' signing key, read (or made) once per process."""
+        if self._key is None:
+            with self.store.write() as tx:
+                self._key = sessions.signing_key(tx, self.now())
+        return self._key
+
     def _session(self, request: Request) -> sessions.Session | None:
         token = request.cookies.get(sessions.COOKIE)
         if not token:
             return None
-        with self.store.write() as tx:  # the session key is made on first use
-            return sessions.check(tx, token, now=self.now())
+        key = self._signing_key()
+        with self.store.read() as tx:
+            return sessions.check(tx, key, token, now=self.now())
 
     def page(
         self, render: Callable[[Request, sessions.Session], Response]
@@ -117,8 +126,9 @@ class Dashboard:
         key = form.get("key", "")
 
         def work() -> str | None:
-            with self.store.write() as tx:
-                return sessions.sign_in(tx, key, now=self.now())
+            signing = self._signing_key()
+            with self.store.read() as tx:
+                return sessions.sign_in(tx, signing, key, now=self.now())
 
         token = await run_in_threadpool(work)
         if token is None:
@@ -161,7 +171,7 @@ class Dashboard:
 
     def payment(self, request: Request, found: sessions.Session) -> Response:
         with self.store.read() as tx:
-            shown = data.payment(tx, found.account_id, request.path_params["pi"], now=self.now())
+            shown = data.payment(tx, found.account_id, request.path_params["pi"])
         if shown is None:
             return _html(pages.message("Not found", "No such payment.", csrf=found.csrf), 404)
         row, pi, charges, events = shown

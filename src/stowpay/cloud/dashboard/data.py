@@ -57,7 +57,7 @@ def payments(
 
 
 def payment(
-    tx: Tx, account_id: str, pi_id: str, *, now: float
+    tx: Tx, account_id: str, pi_id: str
 ) -> (
     tuple[
         dict[str, Any],
@@ -72,10 +72,7 @@ def payment(
     pi = tx.get(account_id, pi_id, "payment_intent")
     if pi is None:
         return None
-    rows = reconcile.report(tx, account_id, since=float(pi["created"]), now=now).rows
-    row = next((r for r in rows if r["payment_intent"] == pi_id), None)
-    if row is None:  # pragma: no cover - the report holds every intent made since
-        return None
+    row = reconcile.payment_rows(tx, account_id, [pi])[0]
     c = t.objects.c
     charges = [
         json.loads(r.body)

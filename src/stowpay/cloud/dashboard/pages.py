@@ -163,6 +163,9 @@ def payment_row(r: Mapping[str, Any]) -> str:
     )
 
 
+#: Most rows the payments table shows.
+MAX_SHOWN = 500
+
 PAYMENT_HEADERS = (
     "Payment",
     "Amount",
@@ -204,8 +207,14 @@ def payments(
         f'<input type=date name=date value="{h(filters.get("date", ""))}">'
         "<button>Filter</button></form>"
     )
-    table = _table(PAYMENT_HEADERS, (payment_row(r) for r in rows), "No payments match.")
-    body = f'{form}<p class="muted">{len(rows)} payments; times in UTC.</p>{table}'
+    shown = rows[:MAX_SHOWN]
+    table = _table(PAYMENT_HEADERS, (payment_row(r) for r in shown), "No payments match.")
+    count = (
+        f"{len(rows)} payments"
+        if len(rows) == len(shown)
+        else (f"the newest {len(shown)} of {len(rows)} payments (filter to see others)")
+    )
+    body = f'{form}<p class="muted">{h(count)}; times in UTC.</p>{table}'
     return layout("Payments", body, csrf=csrf, refresh=refresh)
 
 

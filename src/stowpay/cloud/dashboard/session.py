@@ -43,7 +43,8 @@ class Session:
     csrf: str
 
 
-def _key(tx: Tx, now: float) -> bytes:
+def signing_key(tx: Tx, now: float) -> bytes:
+    """The key sessions are signed with (made on first use: a write transaction)."""
     return secret_once(tx, _SECRET, lambda: secrets.token_bytes(32), int(now))
 
 
@@ -66,8 +67,8 @@ def _account_hash(tx: Tx, account_id: str) -> str | None:
     return None if row is None else str(row.secret_key_hash)
 
 
-def issue(tx: Tx, account_id: str, *, now: float, ttl: float = SESSION_TTL) -> str:
-    """A signed token for the account (needs a write tx the first time: the key is made)."""
+def issue(tx: Tx, key: bytes, account_id: str, *, now: float, ttl: float = SESSION_TTL) -> str:
+    """A token for the account, signed with `key` (`signing_key`)."""
     digest = _account_hash(tx, account_id)
     if digest is None:
         raise ValueError(f"no such account: {account_id}")
@@ -82,17 +83,16 @@ def issue(tx: Tx, account_id: str, *, now: float, ttl: float = SESSION_TTL) -> s
             separators=(",", ":"),
         ).encode()
     )
-    return f"{payload}.{_sign(_key(tx, now), payload)}"
+    return f"{payload}.{_sign(key, payload)}"
 
 
-def check(tx: Tx, token: str | None, *, now: float) -> Session | None:
+def check(tx: Tx, key: bytes, token: str | None, *, now: float) -> Session | None:
     """The session a token stands for, or None (bad signature, expired, key changed)."""
     if not token or len(token) > 1024:
         return None
     if token.startswith(TOKEN_PREFIX):
         token = token[len(TOKEN_PREFIX) :]
     payload, _, signature = token.partition(".")
-    key = _key(tx, now)
     if not signature or not hmac.compare_digest(_sign(key, payload), signature):
         return None
     try:
@@ -109,18 +109,19 @@ def check(tx: Tx, token: str | None, *, now: float) -> Session | None:
     return Session(account_id, expires, token, csrf)
 
 
-def sign_in(tx: Tx, secret: str, *, now: float) -> str | None:
+def sign_in(tx: Tx, key: bytes, secret: str, *, now: float) -> str | None:
     """A session token for a secret key or a dashboard token; None when it is neither."""
     secret = secret.strip()
     if secret.startswith(TOKEN_PREFIX):
-        session = check(tx, secret, now=now)
-        return None if session is None else issue(tx, session.account_id, now=now)
+        session = check(tx, key, secret, now=now)
+        return None if session is None else issue(tx, key, session.account_id, now=now)
     if not secret.startswith("sk_"):
         return None
     account = tx.account_by_key_hash(key_hash(secret))
-    return None if account is None else issue(tx, str(account["id"]), now=now)
+    return None if account is None else issue(tx, key, str(account["id"]), now=now)
 
 
 def dashboard_token(tx: Tx, account_id: str, *, now: float, ttl: float = TOKEN_TTL) -> str:
-    """A token to sign in to the account's dashboard with, instead of the secret key."""
-    return TOKEN_PREFIX + issue(tx, account_id, now=now, ttl=ttl)
+    """A token to sign in to the account's dashboard with, instead of the secret key (a
+    write transaction: the signing key is made on first use)."""
+    return TOKEN_PREFIX + issue(tx, signing_key(tx, now), account_id, now=now, ttl=ttl)
