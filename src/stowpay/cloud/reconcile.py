@@ -23,11 +23,10 @@ import base64
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -36,14 +35,14 @@ from .domain import backlog
 from .domain import terminal as terminal_domain
 from .domain.offline_ingest import RECORD, REJECTION, SEQUENCE
 from .storage import Tx
-from .storage import tables as t
+from .storage.reports import deliveries_by_event
+from .storage.reports import objects as _objects
 from .storage.terminal import secret_once
 
 #: The cloud secret the audit exports are signed with.
 AUDIT_KEY_NAME = "audit_signing_key_ed25519"
 #: Rows one report holds at most (the newest ones): a report is a page, not a data dump.
 MAX_ROWS = 5000
-_CHUNK = 500
 _TALLY = ("events", "delivered", "pending", "failed")
 
 
@@ -74,51 +73,6 @@ class Report:
             "rejected": self.rejected,
             "sequence_gaps": self.gaps,
         }
-
-
-def _objects(
-    tx: Tx,
-    account_id: str,
-    type_: str,
-    *,
-    since: float | None = None,
-    refs: Sequence[str] | None = None,
-    limit: int | None = None,
-) -> list[dict[str, Any]]:
-    """The account's objects of a type, newest first: made since `since`, or with a `ref`."""
-    c = t.objects.c
-    base = sa.select(c.body).where(c.account_id == account_id, c.type == type_)
-    if since is not None:
-        base = base.where(c.created >= int(since))
-    base = base.order_by(c.seq.desc())
-    if refs is None:
-        q = base if limit is None else base.limit(limit)
-        return [json.loads(r.body) for r in tx.conn.execute(q)]
-    out: list[dict[str, Any]] = []
-    for chunk in _chunks(refs):
-        out.extend(json.loads(r.body) for r in tx.conn.execute(base.where(c.ref.in_(chunk))))
-    return out
-
-
-def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
-    unique = list(dict.fromkeys(items))
-    for start in range(0, len(unique), _CHUNK):
-        yield unique[start : start + _CHUNK]
-
-
-def deliveries_by_event(tx: Tx, account_id: str, event_ids: Sequence[str]) -> dict[str, list[Any]]:
-    """Each event's webhook deliveries (rows of `webhook_deliveries`)."""
-    d = t.webhook_deliveries.c
-    found: dict[str, list[Any]] = {}
-    for chunk in _chunks(event_ids):
-        rows = tx.conn.execute(
-            sa.select(t.webhook_deliveries)
-            .where(d.account_id == account_id, d.event_id.in_(chunk))
-            .order_by(d.created)
-        ).all()
-        for r in rows:
-            found.setdefault(str(r.event_id), []).append(r)
-    return found
 
 
 def offline_of(charge: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -170,7 +124,7 @@ def payment_rows(
         tally = hooks.setdefault(pi_id, dict.fromkeys(_TALLY, 0))
         tally["events"] += 1
         for d in deliveries.get(event["id"], []):
-            tally[str(d.state)] = tally.get(str(d.state), 0) + 1
+            tally[str(d["state"])] = tally.get(str(d["state"]), 0) + 1
     rows = []
     for pi in intents:
         charge = charges.get(pi.get("latest_charge") or "")

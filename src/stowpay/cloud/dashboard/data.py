@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
-
-import sqlalchemy as sa
 
 from .. import reconcile
 from ..domain import backlog
 from ..domain import terminal as terminal_domain
-from ..storage import Tx
-from ..storage import tables as t
+from ..storage import Tx, reports
 
 #: A reader not heard from in this long shows as offline (heartbeats come every 10 s).
 ONLINE_WITHIN = 60.0
@@ -73,38 +69,15 @@ def payment(
     if pi is None:
         return None
     row = reconcile.payment_rows(tx, account_id, [pi])[0]
-    c = t.objects.c
-    charges = [
-        json.loads(r.body)
-        for r in tx.conn.execute(
-            sa.select(c.body)
-            .where(c.account_id == account_id, c.type == "charge", c.ref == pi_id)
-            .order_by(c.seq)
-        )
-    ]
+    charges = reports.objects(tx, account_id, "charge", refs=[pi_id], oldest_first=True)
     refs = [pi_id, *(ch["id"] for ch in charges)]
-    events = [
-        json.loads(r.body)
-        for r in tx.conn.execute(
-            sa.select(c.body)
-            .where(c.account_id == account_id, c.type == "event", c.ref.in_(refs))
-            .order_by(c.seq)
-        )
-    ]
+    events = reports.objects(tx, account_id, "event", refs=refs, oldest_first=True)
     return row, pi, charges, [(e, tx.deliveries(account_id, e["id"])) for e in events]
 
 
 def readers(tx: Tx, account_id: str, *, now: float) -> list[dict[str, Any]]:
     """Each reader: network, last seen, software, readiness, and what it holds offline."""
-    c = t.objects.c
-    found = [
-        json.loads(r.body)
-        for r in tx.conn.execute(
-            sa.select(c.body)
-            .where(c.account_id == account_id, c.type == terminal_domain.READER)
-            .order_by(c.seq)
-        )
-    ]
+    found = reports.objects(tx, account_id, terminal_domain.READER, oldest_first=True)
     out = []
     for reader in found:
         seen_ms = reader.get("last_seen_at")
@@ -157,23 +130,17 @@ def backlog_series(tx: Tx, account_id: str, *, now: float) -> list[dict[str, Any
 
 def deliveries(tx: Tx, account_id: str) -> list[dict[str, Any]]:
     """The account's newest webhook deliveries, with their event's type and endpoint's URL."""
-    d = t.webhook_deliveries.c
-    rows = tx.conn.execute(
-        sa.select(t.webhook_deliveries)
-        .where(d.account_id == account_id)
-        .order_by(d.created.desc(), d.id.desc())
-        .limit(MAX_DELIVERIES)
-    ).all()
+    rows = reports.newest_deliveries(tx, account_id, MAX_DELIVERIES)
     out = []
     events: dict[str, dict[str, Any] | None] = {}
     endpoints: dict[str, dict[str, Any] | None] = {}
-    for r in rows:
-        row = r._asdict()
-        if r.event_id not in events:
-            events[r.event_id] = tx.get(account_id, r.event_id, "event")
-        if r.endpoint_id not in endpoints:
-            endpoints[r.endpoint_id] = tx.get(account_id, r.endpoint_id, "webhook_endpoint")
-        event, endpoint = events[r.event_id], endpoints[r.endpoint_id]
+    for row in rows:
+        event_id, endpoint_id = row["event_id"], row["endpoint_id"]
+        if event_id not in events:
+            events[event_id] = tx.get(account_id, event_id, "event")
+        if endpoint_id not in endpoints:
+            endpoints[endpoint_id] = tx.get(account_id, endpoint_id, "webhook_endpoint")
+        event, endpoint = events[event_id], endpoints[endpoint_id]
         row["event_type"] = event.get("type") if event else None
         row["url"] = endpoint.get("url") if endpoint else None
         out.append(row)
@@ -183,18 +150,15 @@ def deliveries(tx: Tx, account_id: str) -> list[dict[str, Any]]:
 def resend(tx: Tx, account_id: str, delivery_id: str, *, new_id: str, now: float) -> str | None:
     """Queue the delivery's event to its endpoint again, as a new delivery; its id, or None
     when the account has no such delivery."""
-    d = t.webhook_deliveries.c
-    row = tx.conn.execute(
-        sa.select(d.endpoint_id, d.event_id).where(d.id == delivery_id, d.account_id == account_id)
-    ).first()
+    row = reports.delivery(tx, account_id, delivery_id)
     if row is None:
         return None
     tx.insert_delivery(
         {
             "id": new_id,
             "account_id": account_id,
-            "endpoint_id": row.endpoint_id,
-            "event_id": row.event_id,
+            "endpoint_id": row["endpoint_id"],
+            "event_id": row["event_id"],
             "created": int(now),
             "state": "pending",
             "attempts": 0,

@@ -17,11 +17,9 @@ import json
 import secrets
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-
 from ..domain.accounts import key_hash
 from ..storage import Tx
-from ..storage import tables as t
+from ..storage.reports import secret_key_hash as _account_hash
 from ..storage.terminal import secret_once
 
 COOKIE = "stowpay_dashboard"
@@ -58,13 +56,6 @@ def _unb64(text: str) -> bytes:
 
 def _sign(key: bytes, payload: str) -> str:
     return _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
-
-
-def _account_hash(tx: Tx, account_id: str) -> str | None:
-    row = tx.conn.execute(
-        sa.select(t.accounts.c.secret_key_hash).where(t.accounts.c.id == account_id)
-    ).first()
-    return None if row is None else str(row.secret_key_hash)
 
 
 def issue(tx: Tx, key: bytes, account_id: str, *, now: float, ttl: float = SESSION_TTL) -> str:

@@ -14,14 +14,10 @@ not connected online, or whose software was not updated, within 30 days cannot g
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
-
-from ..storage import Tx
-from ..storage import tables as t
+from ..storage import Tx, reports
 
 #: The private reader fields this module keeps.
 BACKLOG_FIELD = "_offline_backlog"
@@ -69,39 +65,20 @@ def note_backlog(
     reader[BACKLOG_FIELD] = {**report, "at": now}
     if changed or last_sample is None or now - float(last_sample) >= SAMPLE_EVERY:
         reader[SAMPLED_FIELD] = now
-        tx.conn.execute(
-            t.reader_samples.insert().values(
-                account_id=account_id,
-                reader_id=reader["id"],
-                at=now,
-                stored_count=backlog.stored_count,
-                amounts=json.dumps(report["amounts"]),
-                oldest_stored_at=backlog.oldest_stored_at,
-            )
+        reports.add_sample(
+            tx,
+            account_id,
+            reader["id"],
+            at=now,
+            stored_count=backlog.stored_count,
+            amounts=report["amounts"],
+            oldest_stored_at=backlog.oldest_stored_at,
         )
 
 
 def samples(tx: Tx, account_id: str, *, since: float, limit: int = 5000) -> list[dict[str, Any]]:
     """The account's backlog samples since `since`, oldest first."""
-    s = t.reader_samples.c
-    rows = tx.conn.execute(
-        sa.select(s.reader_id, s.at, s.stored_count, s.amounts, s.oldest_stored_at)
-        .where(s.account_id == account_id, s.at >= since)
-        .order_by(s.at.desc(), s.seq.desc())
-        .limit(limit)
-    ).all()
-    out = [
-        {
-            "reader": r.reader_id,
-            "at": float(r.at),
-            "stored_count": int(r.stored_count),
-            "amounts": json.loads(r.amounts),
-            "oldest_stored_at": r.oldest_stored_at,
-        }
-        for r in rows
-    ]
-    out.reverse()
-    return out
+    return reports.samples(tx, account_id, since=since, limit=limit)
 
 
 def series(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
