@@ -369,3 +369,23 @@ def cli(*args: str, env: dict[str, str]) -> Any:
     result = CliRunner().invoke(main, list(args), env=env)
     result.returncode = result.exit_code
     return result
+
+
+def test_a_heartbeat_with_a_malformed_backlog_is_refused_and_changes_nothing(
+    live: LiveCloud, shop: dict[str, Any]
+) -> None:
+    device: Device = shop["device"]
+    for bad in (
+        {"stored_count": -1, "amounts": {}},
+        {"stored_count": 1, "amounts": {"usd": "500"}},
+        {"stored_count": 1, "amounts": {"usd": 500}, "oldest_stored_at": "yesterday"},
+        {"stored_count": 1, "amounts": {}, "extra": True},
+    ):
+        r = heartbeat(live, device, offline=bad)
+        assert r.status_code == 400, bad
+        assert r.json()["error"]["type"] == "invalid_request_error"
+    found = httpx.get(
+        live.url + "/v1/stowpay/reconciliation",
+        headers={"Authorization": f"Bearer {live.accounts[0].secret_key}"},
+    ).json()
+    assert found["not_forwarded"][0]["stored_count"] == 1

@@ -444,7 +444,10 @@ class ReaderCore:
         return ctx
 
     def _report_in(self, identity: Identity, lan_url: str | None) -> ReaderContext:
-        extra: dict[str, Any] = {"offline": self._backlog()}
+        extra: dict[str, Any] = {}
+        backlog = self._backlog()
+        if backlog is not None:
+            extra["offline"] = backlog
         if lan_url is not None:
             # Only when there is one: links made before discovery take no `lan_url`.
             extra["lan_url"] = lan_url
@@ -456,9 +459,13 @@ class ReaderCore:
             **extra,
         )
 
-    def _backlog(self) -> dict[str, Any]:
-        """What the vault holds, as the heartbeat reports it (the merchant's money at risk)."""
-        summary = self.vault.summary()
+    def _backlog(self) -> dict[str, Any] | None:
+        """What the vault holds, as the heartbeat reports it (the merchant's money at risk);
+        None when the vault cannot say (the heartbeat goes without it)."""
+        try:
+            summary = self.vault.summary()
+        except VaultError:
+            return None
         return {
             "stored_count": summary.count,
             "amounts": dict(summary.amounts),
