@@ -11,10 +11,13 @@ secret key or a card number.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +90,40 @@ class Tokens(ConnectionTokenProvider):
         return self.site.token()
 
 
+class Receiver:
+    """The merchant's webhook endpoint on loopback: answers 200 and notes each event id."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        received = self.events
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append(str(json.loads(body)["id"]))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    made = Receiver()
+    yield made
+    made.close()
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     made = Site(tmp_path)
@@ -95,9 +132,10 @@ def site(tmp_path: Path) -> Iterator[Site]:
 
 
 def test_offline_payments_appear_forwarded_on_the_dashboard(
-    site: Site, tmp_path: Path, artifacts: Path
+    site: Site, tmp_path: Path, artifacts: Path, receiver: Receiver
 ) -> None:
     sync_playwright = _browser_or_skip()
+    site.merchant.v1.webhook_endpoints.create(params={"url": receiver.url, "enabled_events": ["*"]})
     reader, reader_url, reader_id = register_reader(
         site, tmp_path / "reader", "--unattended-forwarding"
     )
@@ -184,6 +222,21 @@ def test_offline_payments_appear_forwarded_on_the_dashboard(
                 assert "B-2" in declined.inner_text()
                 shot("reconciliation")
 
+                # Every webhook was delivered; one is sent again from the page.
+                def delivered() -> bool:
+                    page.goto(site.url + "/dashboard/webhooks")
+                    states = page.locator("tr[data-delivery] td:nth-child(4)").all_inner_texts()
+                    return len(states) >= len(SALES) and all("delivered" in x for x in states)
+
+                wait_for("the webhooks to be delivered", delivered, timeout=60)
+                before = len(receiver.events)
+                first = page.locator("tr[data-delivery]").last
+                event_id = first.locator("td:nth-child(2) code").inner_text()
+                first.locator("button").click()
+                page.wait_for_url(re.compile(r".*/dashboard/webhooks\?resent=whd_.*"))
+                wait_for(
+                    "the resent event", lambda: receiver.events[before:] == [event_id], timeout=30
+                )
                 page.goto(site.url + "/dashboard/webhooks")
                 shot("webhooks")
             finally:
