@@ -43,7 +43,8 @@ from .storage.terminal import secret_once
 AUDIT_KEY_NAME = "audit_signing_key_ed25519"
 #: Rows one report holds at most (the newest ones): a report is a page, not a data dump.
 MAX_ROWS = 5000
-_TALLY = ("events", "delivered", "pending", "failed")
+#: Per payment: its events, their webhook deliveries, and those deliveries by state.
+_TALLY = ("events", "deliveries", "delivered", "pending", "failed")
 
 
 class ExportError(ValueError):
@@ -124,6 +125,7 @@ def payment_rows(
         tally = hooks.setdefault(pi_id, dict.fromkeys(_TALLY, 0))
         tally["events"] += 1
         for d in deliveries.get(event["id"], []):
+            tally["deliveries"] += 1
             tally[str(d["state"])] = tally.get(str(d["state"]), 0) + 1
     rows = []
     for pi in intents:
@@ -252,7 +254,7 @@ def flat(row: dict[str, Any]) -> dict[str, str]:
         elif name == "lag" and isinstance(value, int | float):
             out[name] = f"{value:.0f}s"
         elif name == "webhooks" and isinstance(value, dict):
-            out[name] = f"{value.get('delivered', 0)}/{value.get('events', 0)}"
+            out[name] = f"{value.get('delivered', 0)}/{value.get('deliveries', 0)}"
             if value.get("failed"):
                 out[name] += f" ({value['failed']} failed)"
         elif isinstance(value, bool):

@@ -437,7 +437,7 @@ def reconciliation(report: Mapping[str, Any], since: str, *, csrf: str) -> str:
             f'{quote(str(r["payment_intent"]), safe="")}">{h(r["payment_intent"])}</a></td>'
             f"<td><code>{h(r['charge'])}</code></td><td>{h(r['status'])}</td>"
             f"<td>{'offline' if r['offline'] else 'online'}</td>"
-            f"<td>{h(hooks['delivered'])}/{h(hooks['events'])}"
+            f"<td>{h(hooks['delivered'])}/{h(hooks['deliveries'])}"
             f"{' · ' + h(hooks['failed']) + ' failed' if hooks.get('failed') else ''}</td></tr>"
         )
     query = urlencode({"since": since})
