@@ -117,6 +117,7 @@ class Line:
         ip_address: str | None,
         device_sw_version: str,
         lan_url: str | None = None,
+        offline: dict[str, Any] | None = None,
     ) -> ReaderContext:
         self._check()
         return self.link.heartbeat(
@@ -125,6 +126,7 @@ class Line:
             ip_address=ip_address,
             device_sw_version=device_sw_version,
             lan_url=lan_url,
+            offline=offline,
         )
 
     def redeem_connection_token(self, device_key: str, token: str) -> TokenGrant:

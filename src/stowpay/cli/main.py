@@ -72,6 +72,27 @@ def create_account_cmd(db: str, as_json: bool) -> None:
         _print_keys(new)
 
 
+@cloud.command("dashboard-token")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLite file or PostgreSQL URL.")
+@click.option("--account", "account_id", required=True, help="The account (acct_...).")
+@click.option("--days", default=30, show_default=True, type=click.IntRange(1, 365))
+def dashboard_token_cmd(db: str, account_id: str, days: int) -> None:
+    """Print a token to sign in to an account's /dashboard with, instead of its secret key."""
+    import time
+
+    from ..cloud.dashboard.session import dashboard_token
+
+    store = _open_store(db)
+    try:
+        with store.write() as tx:
+            token = dashboard_token(tx, account_id, now=time.time(), ttl=days * 86400.0)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(token)
+
+
 @cloud.command("serve")
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLite file or PostgreSQL URL.")
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -387,6 +408,77 @@ def reader_vault_verify(data_dir: Path, as_json: bool) -> None:
         click.echo("OK" if report.ok else "FINDINGS: see above")
     if not report.ok:
         sys.exit(1)
+
+
+@main.command("reconcile")
+@click.option("--since", default=None, help="7d, 24h, YYYY-MM-DD, ISO 8601 time [30 days].")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--api-base", envvar="STOWPAY_API_BASE", default="http://127.0.0.1:4242", show_default=True
+)
+@click.option("--api-key", envvar="STOWPAY_API_KEY", default=None, help="[$STOWPAY_API_KEY]")
+@click.option("--export-day", default=None, help="Write the signed audit export of a UTC day.")
+@click.option("--verify", "verify_file", default=None, type=click.Path(path_type=Path))
+@click.option("--public-key", default=None, help="The cloud's audit key (hex) for --verify.")
+@click.option("-o", "--output", default=None, type=click.Path(path_type=Path))
+def reconcile_cmd(
+    since: str | None,
+    fmt: str,
+    api_base: str,
+    api_key: str | None,
+    export_day: str | None,
+    verify_file: Path | None,
+    public_key: str | None,
+    output: Path | None,
+) -> None:
+    """Orders, PaymentIntents, charges and webhooks side by side; what readers still hold,
+    what was declined after forwarding, and gaps in readers' sequences (docs: README)."""
+    from ..cloud import reconcile
+    from . import _reconcile as rc
+
+    try:
+        if verify_file is not None:
+            if public_key is None:
+                if api_key is None:
+                    raise rc.ReconcileError("give --public-key, or --api-key to fetch it")
+                public_key = rc.public_key(api_base, api_key)
+            try:
+                data = verify_file.read_bytes()
+            except OSError as exc:
+                raise rc.ReconcileError(f"cannot read {verify_file}: {exc.strerror}") from None
+            sig = reconcile.verify_export(data, public_key)
+            click.echo(
+                f"OK: {sig['count']} offline payment(s) of {sig['account']} on {sig['day']}, "
+                f"signed by {public_key[:16]}..."
+            )
+            return
+        if api_key is None:
+            raise rc.ReconcileError("give --api-key or set STOWPAY_API_KEY")
+        if export_day is not None:
+            reconcile.parse_day(export_day)
+            body = rc.fetch(api_base, api_key, f"/v1/stowpay/audit_exports/{export_day}")
+            text = body.decode()
+        else:
+            found = rc.report(api_base, api_key, since)
+            if fmt == "json":
+                text = json.dumps(found, indent=2)
+            elif fmt == "csv":
+                text = rc.as_csv(found)
+            else:
+                text = rc.as_table(found)
+    except (rc.ReconcileError, reconcile.ExportError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if output is not None:
+        output.write_text(text if text.endswith("\n") else text + "\n")
+        click.echo(f"Wrote {output}")
+    else:
+        click.echo(text.rstrip("\n"))
 
 
 if __name__ == "__main__":  # pragma: no cover

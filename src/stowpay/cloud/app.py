@@ -451,6 +451,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     from .routes.receipt_pages import receipt_page_routes  # `receipt_url`: no key, a token
 
     route_list.extend(receipt_page_routes(cloud))
+    from .dashboard import dashboard_routes  # the merchant's pages and reconciliation API
+
+    route_list.extend(dashboard_routes(cloud))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

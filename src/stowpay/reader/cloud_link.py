@@ -160,9 +160,10 @@ class CloudLink(Protocol):
         ip_address: str | None,
         device_sw_version: str,
         lan_url: str | None = None,
+        offline: dict[str, Any] | None = None,
     ) -> ReaderContext:
-        """Report in (with the LAN API's address, if it serves one); get the reader's
-        Location, Configuration and the sealing key."""
+        """Report in (with the LAN API's address, if it serves one, and the offline backlog);
+        get the reader's Location, Configuration and the sealing key."""
         ...
 
     def ping(self) -> float:
@@ -302,14 +303,18 @@ class HttpCloudLink:
         ip_address: str | None,
         device_sw_version: str,
         lan_url: str | None = None,
+        offline: dict[str, Any] | None = None,
     ) -> ReaderContext:
-        """Report in (with the LAN API's address, for discovery); get the reader's Location,
-        Configuration and the sealing key."""
+        """Report in (with the LAN API's address, for discovery, and the offline backlog, for
+        the merchant's dashboard); get the reader's Location, Configuration and the sealing
+        key."""
         body: dict[str, Any] = {"status": status, "device_sw_version": device_sw_version}
         if ip_address is not None:
             body["ip_address"] = ip_address
         if lan_url is not None:
             body["lan_url"] = lan_url
+        if offline is not None:
+            body["offline"] = offline
         answer = self._post("/heartbeat", body, device_key)
         return self._read(
             lambda: ReaderContext(

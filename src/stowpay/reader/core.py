@@ -444,21 +444,33 @@ class ReaderCore:
         return ctx
 
     def _report_in(self, identity: Identity, lan_url: str | None) -> ReaderContext:
-        if lan_url is None:
-            return self.link.heartbeat(
-                identity.device_key,
-                status="online",
-                ip_address=self._ip_address(),
-                device_sw_version=self.software_version,
-            )
-        # Only when there is one: links made before discovery take no `lan_url`.
+        extra: dict[str, Any] = {}
+        backlog = self._backlog()
+        if backlog is not None:
+            extra["offline"] = backlog
+        if lan_url is not None:
+            # Only when there is one: links made before discovery take no `lan_url`.
+            extra["lan_url"] = lan_url
         return self.link.heartbeat(
             identity.device_key,
             status="online",
             ip_address=self._ip_address(),
             device_sw_version=self.software_version,
-            lan_url=lan_url,
+            **extra,
         )
+
+    def _backlog(self) -> dict[str, Any] | None:
+        """What the vault holds, as the heartbeat reports it (the merchant's money at risk);
+        None when the vault cannot say (the heartbeat goes without it)."""
+        try:
+            summary = self.vault.summary()
+        except VaultError:
+            return None
+        return {
+            "stored_count": summary.count,
+            "amounts": dict(summary.amounts),
+            "oldest_stored_at": summary.oldest_stored_at,
+        }
 
     def _catch_up(self, highest: int | None, now: float) -> None:
         """Move the vault's counter past the highest sequence the cloud holds from this reader.

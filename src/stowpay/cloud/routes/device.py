@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from ...wire.errors import ApiError, InvalidRequestError, StripeError
 from ..api import Context
-from ..domain import devices, terminal
+from ..domain import backlog, devices, terminal
 from ..domain.device_payments import LAN_URL_FIELD
 
 if TYPE_CHECKING:
@@ -78,12 +78,25 @@ class ActivationBody(DeviceBody):
     registration_code: Annotated[str, Field(min_length=1, max_length=100)]
 
 
+class BacklogBody(DeviceBody):
+    """What the reader holds offline (`domain.backlog`)."""
+
+    stored_count: Annotated[int, Field(ge=0, le=2**31 - 1)]
+    amounts: Annotated[
+        dict[Annotated[str, Field(min_length=1, max_length=10)], Annotated[int, Field(ge=0)]],
+        Field(max_length=200),
+    ]
+    oldest_stored_at: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+
+
 class HeartbeatBody(DeviceBody):
     status: Literal["online", "offline"]
     ip_address: IpAddress | None = None
     device_sw_version: Annotated[str, Field(min_length=1, max_length=100)]
     #: where the reader serves POSes; kept private for discovery (`domain.device_payments`)
     lan_url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]{1,200}/?$")] | None = None
+    #: the reader's offline backlog, for the merchant's dashboard (`domain.backlog`)
+    offline: BacklogBody | None = None
 
 
 class RedeemBody(DeviceBody):
@@ -371,6 +384,12 @@ class DeviceApi:
             body = parse(call.body, HeartbeatBody)
             if body.lan_url is not None:
                 reader[LAN_URL_FIELD] = body.lan_url.rstrip("/")
+            now = self.settings.clock.now()
+            backlog.note_software(reader, body.device_sw_version, now)
+            if body.offline is not None:
+                held = body.offline
+                report = backlog.Backlog(held.stored_count, held.amounts, held.oldest_stored_at)
+                backlog.note_backlog(tx, account["id"], reader, report, now)
             answer = devices.heartbeat(
                 tx,
                 self.settings.clock,

@@ -66,6 +66,11 @@ def _receipts(conn: sa.Connection) -> None:
         table.create(conn)
 
 
+@migration(6, "reader backlog samples")
+def _reader_samples(conn: sa.Connection) -> None:
+    t.reader_samples.create(conn)
+
+
 def apply(engine: sa.Engine) -> list[int]:
     """Bring the database up to date; return the versions applied now."""
     with engine.begin() as conn:

@@ -190,3 +190,23 @@ receipt_pages = sa.Table(
     sa.Column("account_id", sa.String(64), nullable=False),
     sa.Column("charge_id", sa.String(64), nullable=False),
 )
+
+# What readers reported of their offline backlog over time (migration 6): one row per
+# heartbeat that changed it, or per minute at most otherwise; the dashboard charts it.
+reader_samples = sa.Table(
+    "reader_samples",
+    metadata,
+    sa.Column(
+        "seq",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("reader_id", sa.String(64), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("stored_count", sa.Integer, nullable=False),
+    sa.Column("amounts", sa.Text, nullable=False),  # JSON: currency -> minor units
+    sa.Column("oldest_stored_at", sa.Float),
+    sa.Index("reader_samples_by_account", "account_id", "at"),
+)
