@@ -60,6 +60,16 @@ def _device_keys(conn: sa.Connection) -> None:
     t.terminal_device_keys.create(conn)
 
 
+@migration(7, "longer object ids")
+def _long_object_ids(conn: sa.Connection) -> None:
+    # A kept offline rejection's id names its reader, sequence and a content digest: past
+    # 64 characters. SQLite does not enforce a VARCHAR's length; PostgreSQL does.
+    if conn.dialect.name != "postgresql":
+        return
+    conn.execute(sa.text("ALTER TABLE objects ALTER COLUMN id TYPE VARCHAR(128)"))
+    conn.execute(sa.text("ALTER TABLE object_metadata ALTER COLUMN object_id TYPE VARCHAR(128)"))
+
+
 def apply(engine: sa.Engine) -> list[int]:
     """Bring the database up to date; return the versions applied now."""
     with engine.begin() as conn:
