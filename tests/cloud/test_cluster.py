@@ -212,3 +212,27 @@ def test_two_dispatchers_drain_one_outbox_sending_each_delivery_once(
         assert r.attempts == 1 + failed[r.id]
         assert 1 <= seen[r.event_id] <= r.attempts
     assert sum(failed.values()) <= len(rows) // 10, failed  # the receiver kept up
+
+
+def test_processes_starting_together_on_a_new_database_migrate_it_once(
+    make_db_url: Callable[[str], str],
+) -> None:
+    import psycopg
+
+    from stowpay.cloud.storage import Store
+
+    url = make_db_url("postgres")
+    with psycopg.connect(url, autocommit=True) as conn:  # a new, empty database
+        conn.execute("DROP TABLE IF EXISTS schema_migrations")
+        for (name,) in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall():
+            conn.execute(f'DROP TABLE "{name}"')
+    stores = [Store(url) for _ in range(3)]
+    try:
+        applied = together(*(s.migrate for s in stores))
+    finally:
+        for s in stores:
+            s.close()
+    done = sorted(v for versions in applied for v in versions)
+    assert applied.count([]) == 2 and done == sorted(set(done)) and len(done) >= 5

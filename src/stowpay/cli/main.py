@@ -82,17 +82,26 @@ def create_account_cmd(db: str, as_json: bool) -> None:
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
 )
-def serve(db: str, host: str, port: int, log_level: str) -> None:
-    """Serve the cloud API (Ctrl-C stops it cleanly)."""
-    run_cloud(db, host, port, log_level)
+@click.option(
+    "--webhook-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 300),
+    help="Seconds a webhook attempt may take. A delivery held by a process that died is "
+    "sent by another after three times this.",
+)
+def serve(db: str, host: str, port: int, log_level: str, webhook_timeout: float) -> None:
+    """Serve the cloud API (Ctrl-C stops it cleanly). Several processes may serve one
+    PostgreSQL database behind one address (`docs/scaling.md`)."""
+    run_cloud(db, host, port, log_level, webhook_timeout)
 
 
-def run_cloud(db: str, host: str, port: int, log_level: str) -> None:
+def run_cloud(db: str, host: str, port: int, log_level: str, webhook_timeout: float = 10.0) -> None:
     import uvicorn
 
     from ..cloud import create_app
 
-    settings = Settings(db=db)
+    settings = Settings(db=db, webhook_timeout=webhook_timeout)
     store = _open_store(db)
     with store.read() as tx:
         empty = tx.account_count() == 0
