@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +18,57 @@ pytest_plugins = ["leak_scan"]
 POSTGRES_URL = os.environ.get("STOWPAY_TEST_POSTGRES_URL")
 
 
-def _fresh_postgres_db() -> str:
-    """A new, empty database on the test server; its URL."""
+#: Databases this test run made on the server (dropped when the run ends).
+_MADE: list[str] = []
+#: A migrated database made once per run; fresh databases are copies of it.
+_TEMPLATE: list[str] = []
+
+
+def _server_url(name: str) -> str:
+    assert POSTGRES_URL is not None
+    return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def _create_db(template: str | None = None) -> str:
     import psycopg
 
     assert POSTGRES_URL is not None
     name = "t_" + uuid.uuid4().hex[:12]
+    clause = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+        conn.execute(f'CREATE DATABASE "{name}"{clause}')
+    _MADE.append(name)
+    return name
+
+
+def _fresh_postgres_db(*, migrated: bool = True) -> str:
+    """A new database on the test server, its schema migrated (a copy of a template migrated
+    once per run, which is cheaper than migrating each); its URL."""
+    if not migrated:
+        return _server_url(_create_db())
+    if not _TEMPLATE:
+        from stowpay.cloud.storage import Store
+
+        name = _create_db()
+        store = Store(_server_url(name))
+        store.migrate()
+        store.close()  # a template may have no open connections when it is copied
+        _TEMPLATE.append(name)
+    return _server_url(_create_db(_TEMPLATE[0]))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop the databases this run made (the server is shared with other runs)."""
+    if not _MADE or POSTGRES_URL is None:
+        return
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        for name in reversed(_MADE):
+            with contextlib.suppress(psycopg.Error):
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _MADE.clear()
+    _TEMPLATE.clear()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -56,3 +99,48 @@ def any_cloud(db_url: str) -> Iterator[LiveCloud]:
     server.new_account()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def make_db_url(tmp_path: Path) -> Callable[[str], str]:
+    """Make a fresh database of a kind ("sqlite" or "postgres"); its URL (or file)."""
+    made = 0
+
+    def make(kind: str) -> str:
+        nonlocal made
+        made += 1
+        if kind == "sqlite":
+            return str(tmp_path / f"cloud{made}.db")
+        if POSTGRES_URL is None:
+            pytest.skip("STOWPAY_TEST_POSTGRES_URL is not set")
+        return _fresh_postgres_db()
+
+    return make
+
+
+def database_bytes(db: str) -> bytes:
+    """Everything a cloud database holds, as bytes to search: a SQLite file with its WAL, or
+    every row of every table of a PostgreSQL database as JSON text."""
+    if "://" not in db:
+        return b"".join(
+            Path(db + suffix).read_bytes()
+            for suffix in ("", "-wal", "-shm")
+            if Path(db + suffix).exists()
+        )
+    import psycopg
+
+    out: list[bytes] = []
+    with psycopg.connect(db) as conn:
+        names = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+        for (name,) in names:
+            for (row,) in conn.execute(f'SELECT row_to_json(t)::text FROM "{name}" t'):
+                out.append(str(row).encode())
+    return b"\n".join(out)
+
+
+@pytest.fixture
+def db_bytes() -> Callable[[str], bytes]:
+    """`database_bytes`, for a test to scan a cloud's database for what must not be in it."""
+    return database_bytes

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,12 +16,15 @@ ACCOUNT = "acct_batch"
 OTHER = "acct_other"
 
 
-@pytest.fixture
-def make_store(tmp_path: Path) -> Iterator[Callable[[str], Store]]:
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_store(
+    request: pytest.FixtureRequest, make_db_url: Callable[[str], str]
+) -> Iterator[Callable[[str], Store]]:
+    """Fresh stores of one kind: SQLite files, or PostgreSQL databases."""
     stores: list[Store] = []
 
     def make(name: str) -> Store:
-        store = Store(str(tmp_path / f"{name}.db"))
+        store = Store(make_db_url(request.param))
         store.migrate()
         stores.append(store)
         return store

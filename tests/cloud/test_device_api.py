@@ -44,12 +44,11 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def live(tmp_path: Path, clock: ManualClock) -> Iterator[LiveCloud]:
-    """A cloud on a clock the test moves, with two accounts. Webhooks are polled for only
-    once an hour, so a delivery that arrives at once shows the dispatcher was woken."""
-    server = live_cloud(
-        Settings(db=str(tmp_path / "cloud.db"), clock=clock, webhook_poll_interval=3600.0)
-    )
+def live(db_url: str, clock: ManualClock) -> Iterator[LiveCloud]:
+    """A cloud on a clock the test moves, with two accounts, over each store. Webhooks are
+    polled for only once an hour, so a delivery that arrives at once shows the dispatcher was
+    woken."""
+    server = live_cloud(Settings(db=db_url, clock=clock, webhook_poll_interval=3600.0))
     server.new_account()
     server.new_account()
     yield server

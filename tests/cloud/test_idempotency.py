@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx2 as httpx
 import pytest
@@ -97,9 +96,9 @@ def test_concurrent_request_with_same_key_gets_409(cloud: LiveCloud) -> None:
 
 
 @pytest.fixture
-def clocked(tmp_path: Path) -> Iterator[tuple[LiveCloud, ManualClock]]:
+def clocked(db_url: str) -> Iterator[tuple[LiveCloud, ManualClock]]:
     clock = ManualClock(start=time.time())
-    server = live_cloud(Settings(db=str(tmp_path / "c.db"), clock=clock, background=False))
+    server = live_cloud(Settings(db=db_url, clock=clock, background=False))
     server.new_account()
     yield server, clock
     server.stop()

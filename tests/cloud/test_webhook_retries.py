@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import random
 import time
-from pathlib import Path
 
 import httpx2 as httpx
 import stripe
@@ -23,8 +22,8 @@ from stowpay.wire.ids import RandomIds
 DAY = 86400.0
 
 
-def setup(tmp_path: Path, clock: ManualClock) -> tuple[Store, Settings, str]:
-    settings = Settings(db=str(tmp_path / "w.db"), clock=clock)
+def setup(db_url: str, clock: ManualClock) -> tuple[Store, Settings, str]:
+    settings = Settings(db=db_url, clock=clock)
     store = Store(settings.db)
     store.migrate()
     ids = RandomIds()
@@ -55,9 +54,9 @@ def setup(tmp_path: Path, clock: ManualClock) -> tuple[Store, Settings, str]:
     return store, settings, event["id"]
 
 
-def test_retries_back_off_for_three_days_then_give_up(tmp_path: Path) -> None:
+def test_retries_back_off_for_three_days_then_give_up(db_url: str) -> None:
     clock = ManualClock(start=time.time())
-    store, settings, event_id = setup(tmp_path, clock)
+    store, settings, event_id = setup(db_url, clock)
     start = clock.now()
     calls: list[float] = []
 
@@ -95,9 +94,9 @@ def tx_account(store: Store) -> str:
         return str(conn.execute(sa.text("select id from accounts")).scalar_one())
 
 
-def test_each_attempt_is_signed_for_construct_event(tmp_path: Path) -> None:
+def test_each_attempt_is_signed_for_construct_event(db_url: str) -> None:
     clock = ManualClock(start=time.time())
-    store, settings, event_id = setup(tmp_path, clock)
+    store, settings, event_id = setup(db_url, clock)
     seen: list[httpx.Request] = []
 
     def accept(request: httpx.Request) -> httpx.Response:

@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,10 +58,8 @@ def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 @pytest.fixture
-def fast_cloud(tmp_path: Path) -> Iterator[LiveCloud]:
-    server = live_cloud(
-        Settings(db=str(tmp_path / "c.db"), webhook_poll_interval=0.05, webhook_first_retry=0.1)
-    )
+def fast_cloud(db_url: str) -> Iterator[LiveCloud]:
+    server = live_cloud(Settings(db=db_url, webhook_poll_interval=0.05, webhook_first_retry=0.1))
     server.new_account()
     yield server
     server.stop()

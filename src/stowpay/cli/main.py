@@ -115,6 +115,14 @@ def dashboard_token_cmd(db: str, account_id: str, days: int) -> None:
     help="The address customers reach this cloud at, for receipt pages "
     "(default: http://HOST:PORT).",
 )
+@click.option(
+    "--webhook-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 300),
+    help="Seconds a webhook attempt may take. A delivery held by a process that died is "
+    "sent by another after three times this.",
+)
 def serve(
     db: str,
     host: str,
@@ -122,9 +130,19 @@ def serve(
     log_level: str,
     smtp_url: str | None,
     public_url: str | None,
+    webhook_timeout: float,
 ) -> None:
-    """Serve the cloud API (Ctrl-C stops it cleanly)."""
-    run_cloud(db, host, port, log_level, smtp_url=smtp_url, public_url=public_url)
+    """Serve the cloud API (Ctrl-C stops it cleanly). Several processes may serve one
+    PostgreSQL database behind one address (`docs/scaling.md`)."""
+    run_cloud(
+        db,
+        host,
+        port,
+        log_level,
+        smtp_url=smtp_url,
+        public_url=public_url,
+        webhook_timeout=webhook_timeout,
+    )
 
 
 def run_cloud(
@@ -135,6 +153,7 @@ def run_cloud(
     *,
     smtp_url: str | None = None,
     public_url: str | None = None,
+    webhook_timeout: float = 10.0,
 ) -> None:
     import uvicorn
 
@@ -146,7 +165,12 @@ def run_cloud(
             parse_smtp_url(smtp_url)
         except SmtpUrlError as exc:
             raise click.BadParameter(str(exc), param_hint="--smtp-url") from None
-    settings = Settings(db=db, smtp_url=smtp_url, public_url=public_url or f"http://{host}:{port}")
+    settings = Settings(
+        db=db,
+        smtp_url=smtp_url,
+        public_url=public_url or f"http://{host}:{port}",
+        webhook_timeout=webhook_timeout,
+    )
     store = _open_store(db)
     with store.read() as tx:
         empty = tx.account_count() == 0

@@ -37,7 +37,7 @@ from .domain.events import public_json
 from .expand import expand
 from .params import validate
 from .settings import API_VERSION, Settings
-from .storage import IdempotencyRecord, Store
+from .storage import IdempotencyRecord, Store, retry_races
 
 log = structlog.get_logger("stowpay.cloud")
 
@@ -138,8 +138,10 @@ class Cloud:
                     raise IdempotencyConflictError()
                 self.in_flight.add(claim)
             raw = await self._params(op, scope, receive, path_params)
-            status, body, replayed, queued = self._execute(
-                op, scope, path_params, account, raw, key, request_id
+            # A transaction that lost a race with another cloud process (the same idempotency
+            # key, say) runs again and answers what the winner committed.
+            status, body, replayed, queued = retry_races(
+                lambda: self._execute(op, scope, path_params, account, dict(raw), key, request_id)
             )
             if replayed is not None:
                 headers["Idempotent-Replayed"] = "true"

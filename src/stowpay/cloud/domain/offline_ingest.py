@@ -171,6 +171,9 @@ def ingest(
     and written at the end with one multi-row statement per kind (`BatchTx`), still inside
     the caller's transaction: the batch commits whole or not at all.
     """
+    # One batch of a reader at a time, on every cloud process: the same records forwarded to
+    # two processes at once are ingested by one; the other waits, then reads its outcomes.
+    ctx.tx.lock(ctx.account_id, sequence_id(reader["id"]))
     tx = BatchTx(ctx.tx)
     bctx = dataclasses.replace(ctx, tx=tx)
     tx.prefetch(ctx.account_id, [record_id(reader["id"], p.sequence) for p in batch], RECORD)

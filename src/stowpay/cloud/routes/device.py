@@ -32,6 +32,7 @@ from ...wire.errors import ApiError, InvalidRequestError, StripeError
 from ..api import Context
 from ..domain import backlog, devices, terminal
 from ..domain.device_payments import LAN_URL_FIELD
+from ..storage import retry_races
 
 if TYPE_CHECKING:
     from ..app import Cloud
@@ -344,7 +345,11 @@ class DeviceApi:
             )
             path = {k: str(v) for k, v in request.path_params.items()}
             loop = asyncio.get_running_loop()
-            status, answer, queued = await loop.run_in_executor(self.executor, work, call, path)
+            # A transaction that lost a race with another cloud process (the same record
+            # forwarded to two of them) runs again, and then reads the winner's outcome.
+            status, answer, queued = await loop.run_in_executor(
+                self.executor, retry_races, lambda: work(call, path)
+            )
             if queued and self.cloud.dispatcher is not None:
                 # As on /v1: events were written, so their webhooks leave now, not at a poll.
                 self.cloud.dispatcher.wake()

@@ -4,6 +4,7 @@
 transactions (`Tx`) whose methods are the whole vocabulary the rest of the cloud uses.
 """
 
+from .conflicts import lost_race, retry_races
 from .store import IdempotencyRecord, Page, Store, Tx
 
-__all__ = ["IdempotencyRecord", "Page", "Store", "Tx"]
+__all__ = ["IdempotencyRecord", "Page", "Store", "Tx", "lost_race", "retry_races"]

@@ -71,8 +71,38 @@ def _reader_samples(conn: sa.Connection) -> None:
     t.reader_samples.create(conn)
 
 
+@migration(7, "longer object ids")
+def _long_object_ids(conn: sa.Connection) -> None:
+    # A kept offline rejection's id names its reader, sequence and a content digest: past
+    # 64 characters. SQLite does not enforce a VARCHAR's length; PostgreSQL does.
+    if conn.dialect.name != "postgresql":
+        return
+    conn.execute(sa.text("ALTER TABLE objects ALTER COLUMN id TYPE VARCHAR(128)"))
+    conn.execute(sa.text("ALTER TABLE object_metadata ALTER COLUMN object_id TYPE VARCHAR(128)"))
+
+
+#: The PostgreSQL advisory lock migrations run under (any fixed number would do).
+_LOCK = 0x5354_4F57
+
+
 def apply(engine: sa.Engine) -> list[int]:
-    """Bring the database up to date; return the versions applied now."""
+    """Bring the database up to date; return the versions applied now.
+
+    On PostgreSQL several cloud processes may start at once on one database: they take turns
+    (an advisory lock), so each migration runs once and the others find it done.
+    """
+    if engine.dialect.name != "postgresql":
+        return _apply(engine)
+    with engine.connect() as lock:
+        lock.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK})
+        try:
+            return _apply(engine)
+        finally:
+            lock.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK})
+            lock.commit()
+
+
+def _apply(engine: sa.Engine) -> list[int]:
     with engine.begin() as conn:
         t.schema_migrations.create(conn, checkfirst=True)
     applied: list[int] = []

@@ -322,6 +322,21 @@ class Tx:
 
     # -- objects ----------------------------------------------------------------------------
 
+    def lock(self, account_id: str, object_id: str) -> None:
+        """Hold the object's row until the transaction ends, if it exists.
+
+        Work that reads then rewrites one object (a reader's sequence state) takes this first,
+        so another cloud process doing the same waits and then reads the result. On SQLite
+        a writing transaction holds the whole database already.
+        """
+        if self._sqlite is not None:
+            return
+        self.conn.execute(
+            sa.select(_o.id)
+            .where(_o.id == object_id, _o.account_id == account_id)
+            .with_for_update()
+        )
+
     def get(
         self, account_id: str, object_id: str, type_: str | None = None
     ) -> dict[str, Any] | None:
@@ -578,6 +593,12 @@ class Tx:
 
         Each comes with its event's and endpoint's stored bodies. A delivery whose sender
         died is simply due again when its lease ends.
+
+        Several cloud processes drain one outbox: on PostgreSQL the due rows are locked as
+        they are read (`FOR UPDATE SKIP LOCKED`), so a delivery another process is claiming
+        right now is passed over rather than read and leased twice; once this transaction
+        commits, the lease itself keeps it from the others. On SQLite the write lock taken
+        at `BEGIN IMMEDIATE` does the same (and SQLAlchemy leaves the clause out).
         """
         d = t.webhook_deliveries.c
         rows = self.conn.execute(
@@ -585,6 +606,7 @@ class Tx:
             .where(d.state == "pending", d.next_attempt_at <= now)
             .order_by(d.next_attempt_at)
             .limit(limit)
+            .with_for_update(skip_locked=True)
         ).all()
         out: list[dict[str, Any]] = []
         for r in rows:

@@ -35,7 +35,7 @@ objects = sa.Table(
         primary_key=True,
         autoincrement=True,
     ),
-    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("id", sa.String(128), nullable=False, unique=True),  # 64 before migration 7
     sa.Column("account_id", sa.String(64), nullable=False),
     sa.Column("type", sa.String(40), nullable=False),
     sa.Column("created", sa.BigInteger, nullable=False),
@@ -50,7 +50,7 @@ objects = sa.Table(
 object_metadata = sa.Table(
     "object_metadata",
     metadata,
-    sa.Column("object_id", sa.String(64), primary_key=True),
+    sa.Column("object_id", sa.String(128), primary_key=True),  # 64 before migration 7
     sa.Column("key", sa.String(40), primary_key=True),
     sa.Column("account_id", sa.String(64), nullable=False),
     sa.Column("type", sa.String(40), nullable=False),
