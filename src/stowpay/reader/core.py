@@ -1377,6 +1377,10 @@ class ReaderCore:
             self._next_subscriber += 1
             self._subscribers[key] = deliver
         _safe(deliver, ("offline_status", self._offline_status()))
+        if self._online:
+            # Records waiting for a POS to vouch for them (no token source until now) go now:
+            # nothing else wakes the forwarder while the cloud stays reachable.
+            self.forwarder.wake()
 
         def unsubscribe() -> None:
             with self._lock:

@@ -515,16 +515,24 @@ class Forwarder:
     def _run(self) -> None:
         while not self._stopping.is_set():
             if self._due():
-                self._wake_requested.clear()
-                try:
-                    self._drain_locked(self._stopping)
-                except Exception:
-                    # A bug must not end forwarding for good, nor spin: back off and go on.
-                    log.error("forwarder_drain_crashed", exc_info=True)
-                    self._record(_Tally(), _Stop(_crash_error()), _crash_error())
+                self.step()
                 continue
             self._wakeup.wait(self._wait_time())
             self._wakeup.clear()
+
+    def step(self) -> DrainResult | None:
+        """One turn of the background thread, in the caller's thread: drain if woken or if a
+        retry is due (None if neither). For single-threaded drivers such as the simulator."""
+        if not self._due():
+            return None
+        self._wake_requested.clear()
+        try:
+            return self._drain_locked(self._stopping)
+        except Exception:
+            # A bug must not end forwarding for good, nor spin: back off and go on.
+            log.error("forwarder_drain_crashed", exc_info=True)
+            self._record(_Tally(), _Stop(_crash_error()), _crash_error())
+            return None
 
     def _due(self) -> bool:
         if self._wake_requested.is_set():

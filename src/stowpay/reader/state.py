@@ -26,7 +26,7 @@ import random
 import secrets
 import stat
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,8 +143,16 @@ def hash_secret(secret: str) -> str:
 class ReaderState:
     """The reader's persisted identity and history. Thread-safe; every change is durable."""
 
-    def __init__(self, directory: Path, doc: dict[str, Any], identity: Identity | None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        doc: dict[str, Any],
+        identity: Identity | None,
+        *,
+        write_hook: Callable[[str], None] | None = None,
+    ) -> None:
         self.directory = directory
+        self._write_hook = write_hook
         self._doc = doc
         self._identity = identity
         self._mutex = threading.RLock()
@@ -155,8 +163,19 @@ class ReaderState:
     # -- opening -------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str], *, rng: random.Random) -> ReaderState:
-        """Open (or start) the state in `directory`; `StateError` if it cannot be used."""
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        rng: random.Random,
+        write_hook: Callable[[str], None] | None = None,
+    ) -> ReaderState:
+        """Open (or start) the state in `directory`; `StateError` if it cannot be used.
+
+        `write_hook`, when given, is called with a name just before and just after each file
+        write (``state.write``, ``state.written``): the simulator raises from it to crash the
+        reader at that boundary (`stowpay.sim`).
+        """
         root = Path(directory)
         try:
             root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -169,7 +188,7 @@ class ReaderState:
         doc: dict[str, Any] = raw if raw is not None else {}
         if doc.get("format", FORMAT) != FORMAT:
             raise StateError(f"{root / STATE_NAME} has an unknown format {doc.get('format')!r}")
-        state = cls(root, doc, identity)
+        state = cls(root, doc, identity, write_hook=write_hook)
         if raw is None or "serial_number" not in doc or "card_key" not in doc:
             doc.setdefault("format", FORMAT)
             doc.setdefault("serial_number", f"STOWSIM-{rng.getrandbits(48):012X}")
@@ -223,7 +242,7 @@ class ReaderState:
             }
         ).encode()
         with self._mutex:
-            _durable.write_atomically(self.directory / IDENTITY_NAME, data, mode=0o600)
+            self._write(self.directory / IDENTITY_NAME, data)
             self._identity = identity
             self._doc.pop("registration", None)
             self._save()
@@ -376,17 +395,31 @@ class ReaderState:
     def _save(self) -> None:
         data = json.dumps(self._doc, indent=1, sort_keys=True).encode() + b"\n"
         try:
-            _durable.write_atomically(self.directory / STATE_NAME, data, mode=0o600)
+            self._write(self.directory / STATE_NAME, data)
         except OSError as exc:
             raise StateError(f"cannot write {self.directory / STATE_NAME}: {exc}") from exc
 
+    def _write(self, path: Path, data: bytes) -> None:
+        hook = self._write_hook
+        if hook is not None:
+            hook("state.write")
+        _durable.write_atomically(path, data, mode=0o600)
+        if hook is not None:
+            hook("state.written")
+
 
 def _same_context(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    # server_time and fetched_at change on every heartbeat; not worth an fsync each time.
-    ignore = {"server_time", "fetched_at"}
-    return {k: v for k, v in old.items() if k not in ignore} == {
-        k: v for k, v in new.items() if k not in ignore
-    }
+    # server_time, fetched_at and the reader's own last_seen_at change on every heartbeat;
+    # not worth an fsync each time.
+    return _lasting(old) == _lasting(new)
+
+
+def _lasting(context: Mapping[str, Any]) -> dict[str, Any]:
+    kept = {k: v for k, v in context.items() if k not in ("server_time", "fetched_at")}
+    reader = kept.get("reader")
+    if isinstance(reader, Mapping):
+        kept["reader"] = {k: v for k, v in reader.items() if k != "last_seen_at"}
+    return kept
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -776,8 +776,10 @@ class Vault:
         sealing_key: SealingKey | None,
         salvage: bool,
         tip_every: int,
+        write_hook: Callable[[str], None] | None = None,
     ) -> None:
         self.directory = directory
+        self._write_hook = write_hook
         self._conn: sqlite3.Connection | None = conn
         self._lock_file = lock
         self._keys = keys
@@ -824,6 +826,7 @@ class Vault:
         tip_every: int = 0,
         check_integrity: bool = True,
         connector: Connector = _stdlib_connect,
+        write_hook: Callable[[str], None] | None = None,
     ) -> Vault:
         """Open (or create) the vault in `directory`, check it, and quarantine bad records.
 
@@ -837,6 +840,9 @@ class Vault:
         `tip_every=N` also writes the tip file every N stores (see the module docstring).
         `connector` opens the SQLite connection (see `Connector`); the pragmas are applied
         and checked on it all the same.
+        `write_hook`, when given, is called with a name just before and just after each
+        durable write (``vault.commit``/``vault.committed``, ``vault.tip``/``vault.tip_written``):
+        the simulator raises from it to crash the reader at that boundary (`stowpay.sim`).
         """
         if first_sequence < 1 or max_records < 1 or max_bytes < 1 or tip_every < 0:
             raise VaultConfigError("first_sequence, max_records and max_bytes must be positive")
@@ -867,6 +873,7 @@ class Vault:
                 sealing_key=sealing_key,
                 salvage=salvage,
                 tip_every=tip_every,
+                write_hook=write_hook,
             )
             if is_new:
                 vault._create(first_sequence)
@@ -1398,6 +1405,17 @@ class Vault:
             if tip_error is not None:
                 raise VaultWriteError(f"the tip file was not written at close: {tip_error}")
 
+    def abandon(self) -> None:
+        """Let go of the files as a crashed process would: the connection and the lock are
+        dropped and nothing more is written (no tip file, unlike `close`); a transaction left
+        open is lost. For simulators that crash a reader and reopen its files in-process."""
+        with self._mutex:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._lock_file.release()
+
     def __enter__(self) -> Vault:
         return self
 
@@ -1435,6 +1453,7 @@ class Vault:
             conn.execute("BEGIN IMMEDIATE")
             yield conn
             committing = True
+            self._boundary("vault.commit")
             conn.execute("COMMIT")
         except BaseException as exc:
             self._rollback(conn, exc)
@@ -1447,6 +1466,12 @@ class Vault:
                     sqlite_error=_code_name(exc),
                 ) from exc
             raise
+        self._boundary("vault.committed")
+
+    def _boundary(self, name: str) -> None:
+        """Tell the write hook (a simulator's crash point) where the vault is."""
+        if self._write_hook is not None:
+            self._write_hook(name)
 
     def _rollback(self, conn: sqlite3.Connection, exc: BaseException) -> None:
         code = exc.sqlite_errorcode & 0xFF if isinstance(exc, sqlite3.Error) else None
@@ -1889,6 +1914,7 @@ class Vault:
             "state_mac": tip.state_mac.hex(),
             "tag": self._tip_tag(tip).hex(),
         }
+        self._boundary("vault.tip")
         try:
             _durable.write_atomically(
                 self.directory / TIP_NAME, json.dumps(doc, indent=1).encode() + b"\n"
@@ -1896,6 +1922,7 @@ class Vault:
         except OSError as exc:
             self._tip_dirty = True
             raise VaultWriteError(f"the tip file was not updated: {exc}") from exc
+        self._boundary("vault.tip_written")
         self._tip_dirty = False
         self._stores_since_tip = 0
 

@@ -61,6 +61,8 @@ DEVICE_PAYMENT = "stowpay.device_payment"
 ATTEMPT = "stowpay.charge_attempt"
 CONFIRMABLE = ("requires_payment_method", "requires_confirmation", "requires_action")
 CHARGED = ("succeeded", "requires_capture")
+#: Private mark on a PaymentIntent a forwarded record settled as declined: the sequence.
+FORWARDED_DECLINE = "_stowpay_forwarded_decline"
 #: Most readers one discovery answers.
 MAX_DISCOVERED = 1000
 
@@ -164,7 +166,10 @@ def confirm(
         if _charged_by(ctx, pi, reader["id"]):
             return pi
         raise _unexpected(pi, "confirm")
-    if pi["status"] not in CONFIRMABLE:
+    if pi["status"] not in CONFIRMABLE or pi.get(FORWARDED_DECLINE) is not None:
+        # A confirm arriving after the reader's forwarded record was declined is an old
+        # message (held in the network): the reader reported the decline and will not ask
+        # again, so the card is not tried a second time.
         raise _unexpected(pi, "confirm")
     aad = sealing.associated_data(ctx.account_id, reader["id"], ONLINE_SEQUENCE)
     try:
@@ -285,6 +290,9 @@ def settle_forwarded(
         status, pi, error = _settle(ctx, reader, p, card, number)
     except InvalidRequestError as exc:
         return keep_rejection(ctx, reader["id"], p, exc.to_body()["error"])
+    if status == "declined":
+        pi[FORWARDED_DECLINE] = p.sequence
+        ctx.tx.update(ctx.account_id, pi)
     return record_outcome(ctx, reader, p, status, pi, error)
 
 
