@@ -4,6 +4,7 @@ client. The cloud process is really stopped to take the internet away."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -128,7 +129,7 @@ def test_the_offline_guide_on_a_smart_reader(
         assert receipt.account_type is None and receipt.authorization_response_code is None
         assert receipt.application_cryptogram and receipt.dedicated_file_name
         text = format_receipt(first, merchant="Main St")
-        assert "VISA **** 4242" in text and "4242424242424242" not in text
+        assert re.search(r"^VISA +\*\*\*\* 4242$", text, re.M) and "4242424242424242" not in text
         assert "USD 12.99" in text and "authorization pending" in text
 
         manual = sale(terminal, "A-2", 1299, capture="manual")
