@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,8 +17,6 @@ pytest_plugins = ["leak_scan"]
 POSTGRES_URL = os.environ.get("STOWPAY_TEST_POSTGRES_URL")
 
 
-#: Databases this test run made on the server (dropped when the run ends).
-_MADE: list[str] = []
 #: A migrated database made once per run; fresh databases are copies of it.
 _TEMPLATE: list[str] = []
 
@@ -37,7 +34,6 @@ def _create_db(template: str | None = None) -> str:
     clause = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"{clause}')
-    _MADE.append(name)
     return name
 
 
@@ -55,20 +51,6 @@ def _fresh_postgres_db(*, migrated: bool = True) -> str:
         store.close()  # a template may have no open connections when it is copied
         _TEMPLATE.append(name)
     return _server_url(_create_db(_TEMPLATE[0]))
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Drop the databases this run made (the server is shared with other runs)."""
-    if not _MADE or POSTGRES_URL is None:
-        return
-    import psycopg
-
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        for name in reversed(_MADE):
-            with contextlib.suppress(psycopg.Error):
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    _MADE.clear()
-    _TEMPLATE.clear()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
