@@ -531,6 +531,21 @@ def test_a_forwarded_record_of_a_declined_payment_is_declined_not_tried_again(
     assert sorted(c.paid for c in charges(device)) == [False, True]
 
 
+def test_a_late_online_confirm_after_a_forwarded_decline_does_not_try_the_card_again(
+    live: LiveCloud, link: HttpCloudLink, vaults: Any
+) -> None:
+    # Found by the simulator (seed 171): the confirm was held up in the network, the reader
+    # stored the payment, forwarded it and told the POS "declined"; then the confirm arrived.
+    device = register(link, live)
+    pi = create(link, device, "pio_1")
+    [outcome] = forward(link, device, keep(vaults(device), device, pi, DECLINED))
+    assert outcome.status == "declined" and len(charges(device)) == 1
+    with pytest.raises(CloudRefused) as late:
+        confirm(link, device, pi, DECLINED)
+    assert late.value.code == "payment_intent_unexpected_state"
+    assert len(charges(device)) == 1
+
+
 def test_records_naming_a_payment_intent_they_do_not_match_are_rejected(
     live: LiveCloud, link: HttpCloudLink, vaults: Any
 ) -> None:
