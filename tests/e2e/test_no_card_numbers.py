@@ -90,6 +90,8 @@ def test_no_test_card_number_is_found_in_any_file_or_log(tmp_path: Path) -> None
 
 
 def test_the_scanner_finds_a_planted_card_number(tmp_path: Path) -> None:
+    # Left out of the session-end leak scan (tests/leak_scan.py): these numbers are planted.
+    (tmp_path / ".stowpay-planted").touch()
     (tmp_path / "app.log").write_text("2026-01-01 paid with 4242 4242 4242 4242\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "notes.txt").write_bytes(b"6011-1111-1111-1117")

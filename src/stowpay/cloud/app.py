@@ -170,9 +170,7 @@ class Cloud:
         query = _url_query(scope)
         raw = formcodec.decode(query) if query else {}
         if op.method == "POST":
-            body = await _read_body(receive)
-            if len(body) > self.settings.max_body_bytes:
-                raise InvalidRequestError("The request body is too large.")
+            body = await _read_body(receive, self.settings.max_body_bytes)
             if body:
                 for k, v in formcodec.decode(body).items():
                     raw[k] = v
@@ -274,13 +272,22 @@ def _url_query(scope: Scope) -> str:
     return query
 
 
-async def _read_body(receive: Receive) -> bytes:
-    """The whole request body, as `Request.body()` reads it."""
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body, as `Request.body()` reads it; refused once past `limit` bytes
+    (without reading the rest)."""
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.request":
-            chunks.append(message.get("body", b""))
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise InvalidRequestError(
+                    f"The request body is too large: at most {limit} bytes are accepted.",
+                    code="body_too_large",
+                )
+            chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
         elif message["type"] == "http.disconnect":

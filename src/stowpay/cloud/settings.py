@@ -20,8 +20,9 @@ class Settings:
     ids: IdFactory = field(default_factory=RandomIds)
     #: how long idempotency keys are kept (Stripe: at least 24 hours)
     idempotency_ttl: int = 24 * 3600
-    #: an in-flight claim older than this is taken to belong to a crashed request
-    max_body_bytes: int = 1 << 20
+    #: the largest `/v1` request body: a PaymentIntent with Stripe's largest metadata (50
+    #: keys of 40 characters, values of 500) fits, form-encoded, when its text is ASCII
+    max_body_bytes: int = 64 << 10
     #: webhook delivery: first retry delay, cap, and how long before giving up (3 days)
     webhook_first_retry: float = 60.0
     webhook_max_delay: float = 6 * 3600.0

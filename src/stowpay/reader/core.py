@@ -34,6 +34,7 @@ from typing import Any
 import structlog
 
 from .. import __version__
+from ..wire import metadata as metadata_limits
 from ..wire.clock import Clock
 from ..wire.terminal_codes import ErrorCode, message_for
 from .cloud_link import (
@@ -760,6 +761,11 @@ class ReaderCore:
                 f"offline_behavior must be one of {', '.join(sorted(OFFLINE_BEHAVIORS))}",
                 "offline_behavior",
             )
+        # Stripe's limits, checked before anything is stored: metadata is kept in the clear
+        # in the vault and at the cloud, so a card number in it is refused here.
+        problem = metadata_limits.problem(dict(metadata or {}))
+        if problem is not None:
+            raise _invalid(*problem)
         local_id = f"pio_{self.rng.getrandbits(128):032x}"
         created: dict[str, Any] | None = None
         if self._goes_online(offline_behavior):

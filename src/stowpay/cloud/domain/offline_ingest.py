@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...wire import cards
+from ...wire import metadata as metadata_limits
 from ...wire.errors import CardError, InvalidRequestError
 from ...wire.money import MAXIMUM_AMOUNT
 from ..api import Context
@@ -359,7 +360,10 @@ def _check_fields(p: ForwardedPayment) -> None:
             param="capture_method",
             code="parameter_invalid",
         )
-    pis.merge_metadata({}, p.metadata)  # raises for too many keys
+    problem = metadata_limits.problem(p.metadata)
+    if problem is not None:
+        message, param = problem
+        raise InvalidRequestError(message, param=param, code="parameter_invalid")
 
 
 def card_present_method(

@@ -142,7 +142,8 @@ class ForwardBody(DeviceBody):
 def _invalid(exc: ValidationError) -> InvalidRequestError:
     """Stripe's error for the first problem, naming the field as `records[3][amount]`."""
     err = exc.errors(include_url=False)[0]
-    parts = [str(p) for p in err["loc"]]
+    # A dict key's own error ends in "[key]": the key is named, as `metadata[note]`.
+    parts = [str(p) for p in err["loc"] if p != "[key]"]
     param = parts[0] + "".join(f"[{p}]" for p in parts[1:]) if parts else ""
     kind = err["type"]
     if kind == "missing":

@@ -25,6 +25,7 @@ from ...wire.money import MAXIMUM_AMOUNT
 from ..api import Context
 from ..domain import device_payments as domain
 from ..domain import devices
+from ..params import Metadata
 from .device import (
     Call,
     DeviceApi,
@@ -42,17 +43,12 @@ Answer = tuple[int, dict[str, Any], int]
 #: A call's work, given the request and its path parameters; runs on the worker thread.
 Work = Callable[[Call, dict[str, str]], Answer]
 
-MetadataKey = Annotated[str, Field(min_length=1, max_length=40)]
-MetadataValue = Annotated[str, Field(max_length=500)]
-
 
 class CreateBody(DeviceBody):
     amount: Annotated[int, Field(ge=1, le=MAXIMUM_AMOUNT)]
     currency: Annotated[str, Field(min_length=3, max_length=3)]
     capture_method: Literal["automatic", "automatic_async", "manual"] = "automatic"
-    metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=50)] = Field(
-        default_factory=dict
-    )
+    metadata: Metadata = Field(default_factory=dict)
     description: Annotated[str, Field(max_length=1000)] | None = None
     local_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,255}$")]
 

@@ -1,0 +1,102 @@
+"""Stripe's metadata limits, shared by the cloud's API, its device API and the reader.
+
+At most 50 keys; a key is 1 to 40 characters without square brackets (they would read as
+nesting on the wire); a value is a string of at most 500 characters. A value that holds a
+card number (13 to 19 digits, spaces or dashes allowed between them, passing the Luhn check)
+is refused: metadata is stored and shown in the clear, and a card number must never be.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+MAX_KEYS = 50
+MAX_KEY = 40
+MAX_VALUE = 500
+
+#: Digits in groups split by single spaces or dashes. No nested repetition: the search stays
+#: linear in the text (a pattern like `(?:\d[ -]?){13,19}` takes quadratic time on "1 1 1 ...",
+#: seconds for a request of 50 such values).
+_GROUPS = re.compile(r"[0-9]+(?:[ -][0-9]+)*")
+_SEPARATOR = re.compile(r"[ -]")
+#: A digit doubled, with the digits of the product summed (Luhn's rule).
+_DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
+
+
+def contains_card_number(text: str) -> bool:
+    """Whether `text` holds a card number: whole groups of digits, one after another, that
+    make 13 to 19 digits passing the Luhn check."""
+    for m in _GROUPS.finditer(text):
+        groups = _SEPARATOR.split(m.group())
+        if _any_card_number(groups):
+            return True
+    return False
+
+
+def _any_card_number(groups: list[str]) -> bool:
+    # Prefix sums give the Luhn sum of any window in one step: `even[k]` sums the first k
+    # digits with those at even indexes doubled, `odd[k]` with those at odd indexes doubled.
+    # A window ending at index b (exclusive) doubles the indexes of b's parity.
+    digits = [int(c) for c in "".join(groups)]
+    even, odd = [0], [0]
+    for i, d in enumerate(digits):
+        even.append(even[-1] + (_DOUBLED[d] if i % 2 == 0 else d))
+        odd.append(odd[-1] + (_DOUBLED[d] if i % 2 == 1 else d))
+    starts = [0]
+    for group in groups:
+        starts.append(starts[-1] + len(group))
+    for i, a in enumerate(starts[:-1]):
+        for b in starts[i + 1 :]:
+            if b - a > 19:
+                break
+            if b - a >= 13:
+                sums = even if b % 2 == 0 else odd
+                if (sums[b] - sums[a]) % 10 == 0:
+                    return True
+    return False
+
+
+KEY_CARD_NUMBER = "metadata keys may not contain card numbers"
+
+
+def any_key_is_card_number(metadata: Mapping[str, object]) -> bool:
+    """Whether a key holds a card number (checked first: an error must not name that key)."""
+    return any(isinstance(k, str) and contains_card_number(k) for k in metadata)
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` is not a metadata key, or None."""
+    if not key or len(key) > MAX_KEY:
+        return f"metadata keys must be 1 to {MAX_KEY} characters long"
+    if "[" in key or "]" in key:
+        return "metadata keys may not contain square brackets"
+    return None
+
+
+def value_problem(value: str) -> str | None:
+    """Why `value` is not a metadata value, or None. The value itself is never quoted."""
+    if len(value) > MAX_VALUE:
+        return f"metadata values can be at most {MAX_VALUE} characters"
+    if contains_card_number(value):
+        return "metadata values may not contain card numbers"
+    return None
+
+
+def problem(metadata: Mapping[str, object]) -> tuple[str, str] | None:
+    """The first thing wrong with `metadata` as (message, param), or None.
+
+    A key that holds a card number is named as `metadata`, never by itself.
+    """
+    if len(metadata) > MAX_KEYS:
+        return f"metadata can have at most {MAX_KEYS} keys", "metadata"
+    if any_key_is_card_number(metadata):
+        return KEY_CARD_NUMBER, "metadata"
+    for key, value in metadata.items():
+        param = f"metadata[{key}]"
+        if not isinstance(key, str) or not isinstance(value, str):
+            return "metadata keys and values must be strings", "metadata"
+        found = key_problem(key) or value_problem(value)
+        if found is not None:
+            return found, param
+    return None

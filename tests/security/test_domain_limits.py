@@ -1,0 +1,210 @@
+"""Amount, currency, metadata and body limits as Stripe's, at limit - 1 / limit / limit + 1.
+
+On `/v1` (form bodies), on the device API (JSON, a reader creating a PaymentIntent) and in
+the shared rules (`stowpay.wire.metadata`) the reader applies before it stores a payment.
+A refusal is a 400 in Stripe's shape naming the parameter as the client wrote it
+(`metadata[note]`), and never echoes a card number.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.testclient import TestClient
+
+from stowpay.cloud.app import create_app
+from stowpay.cloud.domain.accounts import create_account
+from stowpay.cloud.settings import Settings
+from stowpay.wire import formcodec
+from stowpay.wire import metadata as limits
+from stowpay.wire.cards import luhn_ok
+from stowpay.wire.money import MAXIMUM_AMOUNT, minimum_amount
+
+EXAMPLES = int(os.environ.get("STOWPAY_LIMIT_EXAMPLES", "1000"))
+PAN = "4242424242424242"
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str]]:
+    app = create_app(Settings(db=str(tmp_path_factory.mktemp("limits") / "c.db"), background=False))
+    cloud = app.state.cloud
+    with TestClient(app) as client:
+        with cloud.store.write() as tx:
+            key = create_account(tx, cloud.settings.clock, cloud.settings.ids).secret_key
+        yield client, key
+
+
+def post(api: tuple[TestClient, str], data: dict[str, Any] | bytes) -> Any:
+    client, key = api
+    body = data if isinstance(data, bytes) else formcodec.encode(data).encode()
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    return client.post("/v1/payment_intents", content=body, headers=headers)
+
+
+def refused(r: Any, param: str) -> dict[str, Any]:
+    assert r.status_code == 400, r.text
+    error = dict(r.json()["error"])
+    assert error["type"] == "invalid_request_error" and error["param"] == param, error
+    return error
+
+
+@pytest.mark.parametrize("currency", ["usd", "jpy", "kwd", "eur", "huf"])
+def test_amounts_at_the_currency_bounds(api: Any, currency: str) -> None:
+    low = minimum_amount(currency)
+    for amount, ok in [
+        (0, False),
+        (-1, False),
+        (low - 1, False),
+        (low, True),
+        (MAXIMUM_AMOUNT, True),
+        (MAXIMUM_AMOUNT + 1, False),
+    ]:
+        r = post(api, {"amount": amount, "currency": currency})
+        if ok:
+            assert r.status_code == 200, (amount, r.text)
+        else:
+            refused(r, "amount")
+
+
+@pytest.mark.parametrize("currency", ["xyz", "US", "usdd", "", "€ur", "u$d"])
+def test_currencies_the_cloud_does_not_know_are_refused(api: Any, currency: str) -> None:
+    refused(post(api, {"amount": 1000, "currency": currency}), "currency")
+
+
+def test_metadata_at_and_past_every_limit(api: Any) -> None:
+    base = {"amount": 1000, "currency": "usd"}
+    at_limit = {f"k{i:02}": "v" for i in range(49)} | {"k" * 40: "v" * 500}
+    assert post(api, {**base, "metadata": at_limit}).status_code == 200
+    refused(post(api, {**base, "metadata": {f"k{i}": "v" for i in range(51)}}), "metadata")
+    refused(post(api, {**base, "metadata": {"k" * 41: "v"}}), f"metadata[{'k' * 41}]")
+    refused(post(api, {**base, "metadata": {"note": "v" * 501}}), "metadata[note]")
+    # Brackets in a key cannot be sent as form params; as a JSON-like key they are refused.
+    body = formcodec.encode(base).encode() + b"&metadata[a%5Bb]=v"
+    assert post(api, body).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        PAN,
+        "4242 4242 4242 4242",
+        "card 4242-4242-4242-4242 ok",
+        "378282246310005",
+        "x6011111111111117",
+    ],
+)
+def test_a_card_number_in_a_metadata_value_is_refused_by_name(api: Any, value: str) -> None:
+    error = refused(
+        post(api, {"amount": 1000, "currency": "usd", "metadata": {"note": value}}),
+        "metadata[note]",
+    )
+    digits = value.replace(" ", "").replace("-", "")
+    assert "4242424242" not in error["message"] and digits[-8:] not in str(error)
+
+
+def test_a_card_number_as_a_metadata_key_is_refused_without_naming_it(api: Any) -> None:
+    error = refused(
+        post(api, {"amount": 1000, "currency": "usd", "metadata": {PAN: "x"}}), "metadata"
+    )
+    assert PAN not in str(error)
+
+
+def test_bodies_over_64_kib_are_refused(api: Any) -> None:
+    limit = 64 << 10
+    head = formcodec.encode({"amount": 1000, "currency": "usd", "description": ""}).encode()
+    fits = head + b"x" * (limit - len(head))
+    r = post(api, fits)
+    # It is read (then its description refused as too long), not refused for its size.
+    assert r.status_code == 400 and r.json()["error"]["code"] != "body_too_large", r.text
+    r = post(api, fits + b"x")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "body_too_large", r.text
+    r = post(api, b"a=" + b"x" * (8 << 20))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "body_too_large"
+
+
+# -- the device API: a reader creating a PaymentIntent -----------------------------------------
+
+
+def test_device_create_applies_the_same_metadata_rules(api: Any, tmp_path: Path) -> None:
+    client, key = api
+    auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/x-www-form-urlencoded"}
+    location = client.post(
+        "/v1/terminal/locations",
+        content=formcodec.encode(
+            {"display_name": "Shop", "address": {"line1": "1 Main", "city": "X", "country": "US"}}
+        ),
+        headers=auth,
+    ).json()["id"]
+    device = {"device_type": "bbpos_wisepos_e", "serial_number": "L-1", "device_sw_version": "1"}
+    code = client.post("/device/v1/registration_codes", json=device).json()["registration_code"]
+    client.post(
+        "/v1/terminal/readers",
+        content=formcodec.encode({"registration_code": code, "location": location}),
+        headers=auth,
+    )
+    device_key = client.post("/device/v1/activations", json={"registration_code": code}).json()[
+        "device_key"
+    ]
+
+    def create(metadata: dict[str, str], n: int) -> Any:
+        body = {"amount": 1000, "currency": "usd", "local_id": f"l{n}", "metadata": metadata}
+        return client.post(
+            "/device/v1/payment_intents",
+            json=body,
+            headers={"Authorization": f"Bearer {device_key}"},
+        )
+
+    assert create({"k" * 40: "v" * 500}, 0).status_code == 200
+    for n, (metadata, param) in enumerate(
+        [
+            ({"note": "4242 4242 4242 4242"}, "metadata[note]"),
+            ({"a[b]": "v"}, "metadata[a[b]]"),
+            ({"k" * 41: "v"}, f"metadata[{'k' * 41}]"),
+            ({"note": "v" * 501}, "metadata[note]"),
+            ({f"k{i}": "v" for i in range(51)}, "metadata"),
+            ({PAN: "v"}, "metadata"),
+        ],
+        start=1,
+    ):
+        r = create(metadata, n)
+        refused(r, param)
+        assert PAN not in r.text
+
+
+# -- the shared rules, on any input -------------------------------------------------------------
+
+
+def _oracle(text: str) -> bool:
+    """Any whole groups of digits in a row (split by single spaces or dashes) that make 13 to
+    19 digits and pass Luhn: every window tried, the slow way."""
+    for run in re.findall(r"[0-9]+(?:[ -][0-9]+)*", text):
+        groups = re.split(r"[ -]", run)
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups) + 1):
+                digits = "".join(groups[i:j])
+                if 13 <= len(digits) <= 19 and luhn_ok(digits):
+                    return True
+    return False
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True)
+@given(st.text(alphabet="0123456789 -a", max_size=60))
+def test_card_numbers_in_text_are_found_exactly(text: str) -> None:
+    assert limits.contains_card_number(text) is _oracle(text), text
+
+
+def test_card_number_search_stays_linear() -> None:
+    # "1 1 1 ..." made the former pattern backtrack quadratically; 500 characters are the
+    # most a value may hold, and every value of a request is searched.
+    for text in ("1 " * 250, "1-" * 250, "4" * 500, "42 " * 166):
+        assert limits.contains_card_number(text) is _oracle(text)
