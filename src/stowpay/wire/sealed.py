@@ -117,8 +117,14 @@ def key_id_of(envelope: bytes) -> str:
     return envelope[2 : 2 + envelope[1]].decode("utf-8", "replace")
 
 
-def open_sealed(private: X25519PrivateKey, envelope: bytes, aad: bytes) -> bytes:
-    """Open an envelope with the recipient's private key; raise `SealError` if it will not."""
+def open_sealed(
+    private: X25519PrivateKey, envelope: bytes, aad: bytes, *, recipient: bytes | None = None
+) -> bytes:
+    """Open an envelope with the recipient's private key; raise `SealError` if it will not.
+
+    `recipient` is the private key's raw public half, when the caller has it (a batch
+    opens many envelopes with one key).
+    """
     if len(envelope) < 2 or envelope[0] != VERSION:
         raise SealError("not a sealed envelope")
     n = envelope[1]
@@ -128,7 +134,8 @@ def open_sealed(private: X25519PrivateKey, envelope: bytes, aad: bytes) -> bytes
     eph_raw = envelope[start : start + 32]
     nonce = envelope[start + 32 : start + 44]
     header = envelope[: start + 44]
-    recipient = _raw(private.public_key())
+    if recipient is None:
+        recipient = _raw(private.public_key())
     try:
         shared = private.exchange(X25519PublicKey.from_public_bytes(eph_raw))
         return AESGCM(_key(shared, eph_raw, recipient)).decrypt(

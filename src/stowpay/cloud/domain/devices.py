@@ -308,11 +308,12 @@ def forward(
     ingested: list[Outcome] = []
     if accepted:
         private = private_sealing_key(ctx.tx, ctx.clock)
+        public = private.public_key().public_bytes_raw()
         ingested = ingest(
             ctx,
             reader,
             accepted,
-            unseal=lambda blob, aad: sealing.open_sealed(private, blob, aad),
+            unseal=lambda blob, aad: sealing.open_sealed(private, blob, aad, recipient=public),
             associated_data=sealing.associated_data,
         )
     pending = iter(ingested)
