@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
 import pytest
 
-from stowpay.cloud.testing import LiveCloud
+from stowpay.cloud.settings import Settings
+from stowpay.cloud.testing import LiveCloud, live_cloud
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[LiveCloud]:
+    """Over SQLite only: parameters are checked before any store is asked (CI time)."""
+    server = live_cloud(Settings(db=str(tmp_path / "cloud.db"), webhook_poll_interval=0.05))
+    server.new_account()
+    server.new_account()
+    yield server
+    server.stop()
+
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
