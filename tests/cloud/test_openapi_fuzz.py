@@ -7,8 +7,8 @@ a 401. schemathesis sends valid and invalid inputs alike; half the cases have th
 the path, or in body fields like `payment_intent`) aimed at real objects of the account, so
 handlers run on PaymentIntents in every status, Charges, Refunds, ... and not only into 404s.
 
-`STOWPAY_FUZZ_EXAMPLES` raises the number of examples per operation (default 50: about a
-minute per database on two cores). It runs over SQLite, and over PostgreSQL when
+`STOWPAY_FUZZ_EXAMPLES` raises the number of examples per operation (default 100, the CI size; about
+two minutes per database on two cores). It runs over SQLite, and over PostgreSQL when
 `STOWPAY_TEST_POSTGRES_URL` is set (as in CI).
 
 How it was seen to fail. Breaking the document on purpose, from a throwaway pytest plugin
@@ -61,7 +61,7 @@ from stowpay.wire import formcodec
 from stowpay.wire.cards import TEST_PAYMENT_METHODS
 from stowpay.wire.errors import InvalidRequestError
 
-EXAMPLES = int(os.environ.get("STOWPAY_FUZZ_EXAMPLES", "50"))
+EXAMPLES = int(os.environ.get("STOWPAY_FUZZ_EXAMPLES", "100"))
 
 # One test item runs every operation: its time grows with the examples asked for.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(300, 10 * EXAMPLES))]
