@@ -208,3 +208,13 @@ def test_card_number_search_stays_linear() -> None:
     # most a value may hold, and every value of a request is searched.
     for text in ("1 " * 250, "1-" * 250, "4" * 500, "42 " * 166):
         assert limits.contains_card_number(text) is _oracle(text)
+
+
+def test_a_card_number_sent_as_an_id_is_not_echoed(api: Any) -> None:
+    # Found by the leak scan over the schemathesis run: a 404 quoted the id it was sent.
+    client, key = api
+    r = client.get(f"/v1/payment_methods/{PAN}", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "resource_missing", r.text
+    assert PAN not in r.text
+    r = post(api, {"amount": 1000, "currency": "usd", "payment_method": "5555 5555 5555 4444"})
+    assert r.status_code == 404 and "5555" not in r.text, r.text
