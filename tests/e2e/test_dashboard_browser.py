@@ -12,9 +12,7 @@ secret key or a card number.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +21,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from browser import ARGS, CHROMIUM, artifacts_dir, browser_or_skip
 from procs import Site, card_number_forms, register_reader, start_cloud, wait_for
 
 from stowpay.terminal import (
@@ -37,16 +36,6 @@ from stowpay.terminal import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-CHROMIUM = os.environ.get("STOWPAY_CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 #: (order, amount, card number) taken while the cloud is down; the second one is declined.
 SALES = [
     ("B-1", 1299, "4242424242424242"),
@@ -55,31 +44,9 @@ SALES = [
 ]
 
 
-def _browser_or_skip() -> Any:
-    """Playwright's sync API, or a skip (a failure when STOWPAY_REQUIRE_BROWSER is set)."""
-    missing = None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing = "playwright is not installed"
-    else:
-        if not Path(CHROMIUM).exists():
-            missing = f"no Chromium at {CHROMIUM} (apt-get install chromium)"
-    if missing is not None:
-        if os.environ.get("STOWPAY_REQUIRE_BROWSER"):
-            pytest.fail(missing)
-        pytest.skip(missing)
-    return sync_playwright
-
-
 @pytest.fixture
 def artifacts(tmp_path: Path) -> Path:
-    root = os.environ.get("STOWPAY_TEST_ARTIFACTS")
-    where = (Path(root) if root else tmp_path / "artifacts") / "dashboard"
-    if where.exists():
-        shutil.rmtree(where)
-    where.mkdir(parents=True)
-    return where
+    return artifacts_dir(tmp_path, "dashboard")
 
 
 class Tokens(ConnectionTokenProvider):
@@ -134,7 +101,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
 def test_offline_payments_appear_forwarded_on_the_dashboard(
     site: Site, tmp_path: Path, artifacts: Path, receiver: Receiver
 ) -> None:
-    sync_playwright = _browser_or_skip()
+    sync_playwright = browser_or_skip()
     site.merchant.v1.webhook_endpoints.create(params={"url": receiver.url, "enabled_events": ["*"]})
     reader, reader_url, reader_id = register_reader(
         site, tmp_path / "reader", "--unattended-forwarding"

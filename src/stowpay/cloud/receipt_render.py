@@ -50,6 +50,10 @@ def page(tx: Tx, account_id: str, charge_id: str) -> str:
     shown, location = view(tx, account_id, charge_id)
     body = format_receipt(shown, 42, html=True, location=location)
     charge = shown["latest_charge"]
+    if charge.get("receipt_number"):
+        # The number the email's subject quotes, so a customer can match the two.
+        number = html.escape(str(charge["receipt_number"]))
+        body = body.replace("</table>", f'</table><p class="c">Receipt #{number}</p>', 1)
     if charge.get("amount_refunded"):
         refunded = html.escape(money(charge["amount_refunded"], charge["currency"]))
         body = body.replace("</table>", f'</table><p class="c">Refunded: {refunded}</p>', 1)
