@@ -23,7 +23,6 @@ from test_device_api import (
     register,
 )
 
-from conftest import POSTGRES_URL, _fresh_postgres_db
 from stowpay.cloud import reconcile
 from stowpay.cloud.dashboard import session as sessions
 from stowpay.cloud.settings import Settings
@@ -38,13 +37,11 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def live(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock) -> Iterator[LiveCloud]:
+def live(
+    request: pytest.FixtureRequest, make_db_url: Callable[[str], str], clock: ManualClock
+) -> Iterator[LiveCloud]:
     """A cloud with two accounts, over SQLite (or PostgreSQL for tests marked `BOTH`)."""
-    db = str(tmp_path / "cloud.db")
-    if getattr(request, "param", "sqlite") == "postgres":
-        if POSTGRES_URL is None:
-            pytest.skip("STOWPAY_TEST_POSTGRES_URL is not set")
-        db = _fresh_postgres_db()
+    db = make_db_url(getattr(request, "param", "sqlite"))
     server = live_cloud(Settings(db=db, clock=clock, webhook_poll_interval=3600.0))
     server.new_account()
     server.new_account()
