@@ -25,6 +25,7 @@ their planted card numbers there.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -147,7 +148,9 @@ class LeakScan:
         self.error_bodies += 1
         data = json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogateescape")
         code = body.get("error", {}).get("code")
-        self.findings += [f"error body {code}: {f}" for f in find(data)]
+        # Which test made it, so a finding can be traced (pytest keeps this variable current).
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" ", 1)[0]
+        self.findings += [f"error body {code} in {test}: {f}" for f in find(data)]
 
 
 # -- the plugin ------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from vault_kit import (
     unseal,
 )
 
+from leak_scan import PLANTED
 from stowpay.reader import vault as vault_module
 from stowpay.reader.vault import (
     FindingKind,
@@ -401,6 +402,7 @@ def test_no_card_number_in_any_file(open_vault: OpenVault, vault_dir: Path) -> N
 
 
 def test_the_scanner_would_find_a_card_number(tmp_path: Path) -> None:
+    (tmp_path / PLANTED).touch()  # planted on purpose: the session-end leak scan skips it
     (tmp_path / "leak.log").write_text("card 4242 4242 4242 4242 declined")
     (tmp_path / "leak.db").write_bytes(b"\x00\x01" + TEST_CARDS[2].encode() + b"\xff")
     assert len(scan_for_pans(tmp_path)) >= 2

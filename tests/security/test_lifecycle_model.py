@@ -277,8 +277,11 @@ class Lifecycle(RuleBasedStateMachine):
             paid = [c for c in by_pi.get(pi["id"], []) if c["paid"]]
             assert len(paid) <= 1, pi["id"]
             for charge in paid:
-                # A partial capture releases the rest, which Stripe shows as refunded.
-                released = m["amount"] - m["captured"] if m["status"] == "succeeded" else 0
+                # A partial capture releases the rest, and a cancel after authorization all of
+                # it; Stripe shows what was released as refunded.
+                released = (
+                    m["amount"] - m["captured"] if m["status"] in ("succeeded", "canceled") else 0
+                )
                 assert charge["amount_refunded"] == m["refunded"] + released, (charge, m)
                 assert m["refunded"] <= charge["amount_captured"] == m["captured"]
             if pi["status"] == "canceled":

@@ -67,7 +67,7 @@ class NotFoundError(InvalidRequestError):
     def __init__(self, kind: str, object_id: str, *, param: str | None = "id") -> None:
         from .metadata import contains_card_number  # it imports cards, which imports this
 
-        if contains_card_number(object_id):
+        if isinstance(object_id, str) and contains_card_number(object_id):
             # A card number sent where an id goes is not echoed back (nor logged with it).
             object_id = "(a card number)"
         super().__init__(f"No such {kind}: '{object_id}'", code="resource_missing", param=param)

@@ -229,6 +229,12 @@ def do_confirm(
     `offline` (`{stored_at, type}`) and `receipt` are set when the charge comes from a reader.
     """
     if pm is None:
+        if not pi.get("payment_method"):
+            raise InvalidRequestError(
+                "You cannot confirm this PaymentIntent because it's missing a payment method. "
+                "Update the PaymentIntent with a payment method and then confirm it again.",
+                code="payment_intent_unexpected_state",
+            )
         pm = ctx.tx.get(ctx.account_id, pi["payment_method"], "payment_method")
         if pm is None:  # pragma: no cover - a stored PaymentIntent names a stored method
             raise NotFoundError("PaymentMethod", pi["payment_method"])
