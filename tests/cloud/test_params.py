@@ -110,6 +110,17 @@ def test_a_bad_integer_is_named(
     assert (err["code"], err["param"]) == ("parameter_invalid_integer", param)
 
 
+def test_a_bad_integer_that_is_a_card_number_is_not_quoted_back(cloud: LiveCloud) -> None:
+    # A card number sent where an amount goes: refused, and the message does not repeat it.
+    err = error(
+        call(cloud, "POST", "/v1/payment_intents", "amount=4242 4242 4242 4242&currency=usd"), 400
+    )
+    assert err["code"] == "parameter_invalid_integer"
+    assert "4242" not in err["message"] and "(a card number)" in err["message"]
+    err = error(call(cloud, "POST", "/v1/payment_intents", "amount=12ab&currency=usd"), 400)
+    assert err["message"] == "Invalid integer: 12ab"
+
+
 @pytest.mark.parametrize(
     "metadata",
     [

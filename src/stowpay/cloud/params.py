@@ -196,5 +196,8 @@ def _to_stripe_error(exc: ValidationError, raw: dict[str, Any]) -> InvalidReques
 
 
 def _show(value: Any) -> str:
+    """An input quoted back in an error message: never a card number."""
     text = value if isinstance(value, str) else repr(value)
+    if metadata_limits.contains_card_number(text):
+        return "(a card number)"
     return text[:100]

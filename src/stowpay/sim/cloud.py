@@ -37,7 +37,8 @@ class SimIds:
 
     def new(self, prefix: str) -> str:
         self._n += 1
-        return f"{prefix}_sim{self._epoch:05d}{self._n:016d}"
+        # Letters between the numbers: a long run of digits could pass for a card number.
+        return f"{prefix}_sim{self._epoch}e{self._n}n"
 
 
 class SimCloud:
