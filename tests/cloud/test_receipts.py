@@ -151,6 +151,27 @@ def test_a_refund_sends_a_refund_receipt(mailing_cloud: LiveCloud, sink: SmtpSin
     assert "USD 5.00" in refund_mail.get_body(preferencelist=("plain",)).get_content()
 
 
+def test_the_longest_address_is_mailed_and_a_longer_one_refused(
+    mailing_cloud: LiveCloud, sink: SmtpSink
+) -> None:
+    # 254 characters is the longest deliverable address. A longer one once reached the
+    # receipt outbox on confirm and PostgreSQL refused the row: a 500.
+    longest = "a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 57 + ".com"
+    assert len(longest) == 254
+    c = client(mailing_cloud)
+    pi = c.v1.payment_intents.create(
+        params={"amount": 700, "currency": "usd", "payment_method": "pm_card_visa"}
+    )
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        c.v1.payment_intents.confirm(pi.id, params={"receipt_email": "e" + longest})
+    assert refused.value.http_status == 400 and refused.value.param == "receipt_email"
+    assert c.v1.payment_intents.retrieve(pi.id).status == "requires_confirmation"
+
+    c.v1.payment_intents.confirm(pi.id, params={"receipt_email": longest})
+    wait_until(lambda: all_sent(mailing_cloud, 1), "the receipt to the longest address")
+    assert [m["To"] for m in sink.received()] == [longest]
+
+
 def test_a_mailbox_refused_for_good_is_not_retried(
     mailing_cloud: LiveCloud, sink: SmtpSink
 ) -> None:

@@ -64,7 +64,9 @@ Currency = Annotated[
 Amount = Annotated[int, Field(ge=1, le=MAXIMUM_AMOUNT)]
 ShortText = Annotated[str, Field(max_length=500)]
 Id = Annotated[str, Field(min_length=1, max_length=255)]
-Email = Annotated[str, Field(max_length=800, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+# An address longer than 254 characters cannot be delivered (RFC 5321's path limit), and
+# the receipt outbox stores addresses in columns sized to it.
+Email = Annotated[str, Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
 
 
 class Params(BaseModel):
