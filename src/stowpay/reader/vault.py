@@ -102,6 +102,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import sqlite3
@@ -151,6 +152,7 @@ FORBIDDEN_EMV_TAGS = frozenset({"56", "57", "9F1F", "9F20", "9F6B", "99"})
 _KEY_LEN = 32
 _MAC_LEN = 32
 _NONCE_LEN = 12
+_VAULT_ID_LEN = 16
 _ID = re.compile(r"[A-Za-z0-9_\-]{1,255}")
 _CURRENCY = re.compile(r"[a-z]{3}")
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2})*")
@@ -656,7 +658,12 @@ class _State:
         """A copy with `changes` applied and its MAC recomputed."""
         values = {**self.__dict__, **changes}
         new = _State(**values)
-        values["state_mac"] = _mac(key, new.body())
+        try:
+            values["state_mac"] = _mac(key, new.body())
+        except _Malformed as exc:
+            # Only a damaged state gets here (salvage mode reads past one): a counter at the
+            # end of 64 bits that one more removal would overflow.
+            raise VaultCorruptError(f"the vault's state cannot be updated: {exc}") from exc
         return _State(**values)
 
 
@@ -846,7 +853,12 @@ class Vault:
         durable write (``vault.commit``/``vault.committed``, ``vault.tip``/``vault.tip_written``):
         the simulator raises from it to crash the reader at that boundary (`stowpay.sim`).
         """
-        if first_sequence < 1 or max_records < 1 or max_bytes < 1 or tip_every < 0:
+        if (
+            not 1 <= first_sequence <= _MAX_ADVANCE
+            or max_records < 1
+            or max_bytes < 1
+            or tip_every < 0
+        ):
             raise VaultConfigError("first_sequence, max_records and max_bytes must be positive")
         root = Path(directory)
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -890,7 +902,7 @@ class Vault:
 
     def _create(self, first_sequence: int) -> None:
         conn = self._connection()
-        vault_id = os.urandom(16)
+        vault_id = os.urandom(_VAULT_ID_LEN)
         genesis = _mac(self._keys.mac, b"stowpay vault genesis v1\x00", vault_id)
         state = _State(
             format=FORMAT,
@@ -1502,6 +1514,9 @@ class Vault:
         if raw is None or raw[-1] != _STATE_TYPES:
             raise VaultCorruptError("the vault's state row is missing or malformed")
         state = _State(*raw[:-1])
+        sizes = (state.key_check, state.head_mac, state.anchor_mac, state.removed_xor)
+        if len(state.vault_id) != _VAULT_ID_LEN or any(len(v) != _MAC_LEN for v in sizes):
+            raise VaultCorruptError("the vault's state row is malformed (a value's size)")
         if not hmac.compare_digest(state.key_check, self._key_check(state.vault_id)):
             raise VaultKeyError("the device key is not the key this vault was made with")
         return state
@@ -1544,7 +1559,9 @@ class Vault:
 
     def _read_removed(self) -> dict[int, bytes]:
         rows = self._connection().execute("SELECT sequence, mac FROM removed_links")
-        return {int(s): m for s, m in rows if type(s) is int and isinstance(m, bytes)}
+        # A link whose MAC is not bytes stays in the set (as no MAC at all), so the set no
+        # longer matches its summary in the state row and is reported altered.
+        return {s: m if isinstance(m, bytes) else b"" for s, m in rows if type(s) is int}
 
     def _absorb_removals(
         self, conn: sqlite3.Connection, state: _State, links: list[tuple[int, bytes]]
@@ -1848,22 +1865,25 @@ class Vault:
         return nonce + AESGCM(key).encrypt(nonce, plain, aad)
 
     def _to_payment(self, row: _Row, vault_id: bytes) -> StoredPayment:
+        """The record as stored, display details decrypted; `_Malformed` unless every field
+        has the type and bounds `store` gives it (even under a valid MAC: a record the vault
+        could not have stored is never handed out to be forwarded)."""
         aad = self._display_aad(vault_id, row.account, row.reader, row.sequence, row.local_id)
         key = self._keys.display(vault_id, row.sequence)
         try:
             plain = AESGCM(key).decrypt(row.display[:_NONCE_LEN], row.display[_NONCE_LEN:], aad)
-            shown = json.loads(plain)
-            metadata = json.loads(row.metadata)
+            shown = _json_object(plain)
+            metadata = _json_object(row.metadata)
             display = CardDisplay(
-                brand=str(shown["brand"]),
-                last4=str(shown["last4"]),
-                exp_month=int(shown["exp_month"]),
-                exp_year=int(shown["exp_year"]),
-                cardholder_name=shown["cardholder_name"],
-                read_method=str(shown["read_method"]),
-                receipt=dict(shown["receipt"]),
+                brand=_typed(shown["brand"], str),
+                last4=_typed(shown["last4"], str),
+                exp_month=_typed(shown["exp_month"], int),
+                exp_year=_typed(shown["exp_year"], int),
+                cardholder_name=_typed(shown["cardholder_name"], str, None),
+                read_method=_typed(shown["read_method"], str),
+                receipt=_typed(shown["receipt"], dict),
             )
-            return StoredPayment(
+            payment = StoredPayment(
                 sequence=row.sequence,
                 stored_at=row.stored_at,
                 account=row.account.decode(),
@@ -1871,14 +1891,18 @@ class Vault:
                 amount=row.amount,
                 currency=row.currency.decode(),
                 capture_method=row.capture_method.decode(),
-                metadata={str(k): str(v) for k, v in metadata.items()},
+                metadata={_typed(k, str): _typed(v, str) for k, v in metadata.items()},
                 description=None if row.description is None else row.description.decode(),
                 local_id=row.local_id.decode(),
                 sealed=row.sealed,
                 display=display,
             )
-        except (InvalidTag, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (InvalidTag, ValueError, KeyError) as exc:
             raise _Malformed(f"its display details do not open ({type(exc).__name__})") from exc
+        problem = _stored_problem(payment)
+        if problem is not None:
+            raise _Malformed(problem)
+        return payment
 
     def _tip_tag(self, tip: _Tip) -> bytes:
         return _mac(
@@ -1888,17 +1912,18 @@ class Vault:
         )
 
     def _parse_tip(self, data: bytes) -> _Tip | None:
+        """The tip file's values if its tag is this vault's; None for anything else."""
         try:
-            doc = json.loads(data)
+            doc = _json_object(data)
             tip = _Tip(
-                vault_id=bytes.fromhex(doc["vault_id"]),
-                head=int(doc["head_sequence"]),
-                head_mac=bytes.fromhex(doc["head_mac"]),
-                removed_total=int(doc["removed_total"]),
-                state_mac=bytes.fromhex(doc["state_mac"]),
+                vault_id=bytes.fromhex(_typed(doc["vault_id"], str)),
+                head=_int64(doc["head_sequence"]),
+                head_mac=bytes.fromhex(_typed(doc["head_mac"], str)),
+                removed_total=_int64(doc["removed_total"]),
+                state_mac=bytes.fromhex(_typed(doc["state_mac"], str)),
             )
-            tag = bytes.fromhex(doc["tag"])
-        except (ValueError, KeyError, TypeError):
+            tag = bytes.fromhex(_typed(doc["tag"], str))
+        except (ValueError, KeyError):
             return None
         if doc.get("format") != FORMAT or not hmac.compare_digest(tag, self._tip_tag(tip)):
             return None
@@ -2142,6 +2167,61 @@ def _float(value: object) -> float:
 
 def _xor(a: bytes, b: bytes) -> bytes:
     return bytes(x ^ y for x, y in zip(a, b, strict=True))
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    """A JSON object from the vault's own files or columns; ValueError for anything else
+    (other JSON, bytes that are not UTF-8, nesting too deep to parse)."""
+    try:
+        doc = json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    return doc
+
+
+def _typed(value: Any, kind: type, *also: None) -> Any:
+    """`value` if it has exactly type `kind` (bool is not an int here), or is one of `also`;
+    ValueError otherwise."""
+    if type(value) is kind or (also and value is None):
+        return value
+    raise ValueError(f"expected {kind.__name__}, found {type(value).__name__}")
+
+
+def _int64(value: Any) -> int:
+    """An integer as SQLite holds it (64 bits); ValueError for anything else."""
+    number: int = _typed(value, int)
+    if not -(1 << 63) <= number < (1 << 63):
+        raise ValueError("integer out of range")
+    return number
+
+
+def _stored_problem(p: StoredPayment) -> str | None:
+    """What makes `p` something `Vault.store` would not have stored (`_prepare`'s rules), or
+    None. Checked on the way out, so no record the cloud must refuse is ever forwarded."""
+    d = p.display
+    checks = (
+        (_ID.fullmatch(p.account) and _ID.fullmatch(p.reader), "account or reader"),
+        (_ID.fullmatch(p.local_id), "local_id"),
+        (0 < p.amount < (1 << 53), "amount"),
+        (_CURRENCY.fullmatch(p.currency), "currency"),
+        (p.capture_method in CAPTURE_METHODS, "capture_method"),
+        (math.isfinite(p.stored_at) and p.stored_at >= 0, "stored_at"),
+        (
+            len(p.metadata) <= 50
+            and all(
+                0 < len(k) <= 40 and len(v) <= 500 and "[" not in k and "]" not in k
+                for k, v in p.metadata.items()
+            ),
+            "metadata",
+        ),
+        (p.description is None or len(p.description) <= 1000, "description"),
+        (1 <= d.exp_month <= 12 and 2000 <= d.exp_year <= 2199, "expiry"),
+        (len(d.last4) == 4 and d.last4.isascii() and d.last4.isdigit(), "last4"),
+    )
+    bad = [name for ok, name in checks if not ok]
+    return f"its {bad[0]} is not one the vault stores" if bad else None
 
 
 def _text(value: object) -> str:
