@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from ...wire import cards
@@ -48,6 +49,7 @@ from .offline_ingest import (
     Outcome,
     card_present_method,
     keep_rejection,
+    open_card_read,
     record_outcome,
 )
 
@@ -172,14 +174,14 @@ def confirm(
         # again, so the card is not tried a second time.
         raise _unexpected(pi, "confirm")
     aad = sealing.associated_data(ctx.account_id, reader["id"], ONLINE_SEQUENCE)
+    private = private_sealing_key(ctx.tx, ctx.clock)
     try:
-        plain = sealing.open_sealed(private_sealing_key(ctx.tx, ctx.clock), sealed, aad)
-        card = json.loads(plain)
-        number = str(card["number"])
-    except (ValueError, KeyError, TypeError):
+        card = open_card_read(partial(sealing.open_sealed, private), sealed, aad)
+        number = card["number"]
+    except ValueError:
         raise InvalidRequestError(
-            "The sealed card data does not open for this account and reader; it was altered, "
-            "sealed to another key, or sealed as an offline record.",
+            "The sealed card data does not open for this account and reader, or is not a card "
+            "read; it was altered, sealed to another key, or sealed as an offline record.",
             code="sealed_card_unreadable",
             param="sealed",
         ) from None

@@ -254,10 +254,11 @@ def _ingest_one(
         pi = ctx.tx.get(ctx.account_id, prior["payment_intent"], "payment_intent")
         return Outcome(p.sequence, prior["outcome"], pi, prior.get("error"), replayed=True)
     try:
-        plain = unseal(p.sealed, associated_data(ctx.account_id, reader["id"], p.sequence))
-        card = json.loads(plain)
-        number = str(card["number"])
-    except (ValueError, KeyError, TypeError):
+        card = open_card_read(
+            unseal, p.sealed, associated_data(ctx.account_id, reader["id"], p.sequence)
+        )
+        number = card["number"]
+    except ValueError:
         return keep_rejection(
             ctx,
             reader["id"],
@@ -265,7 +266,7 @@ def _ingest_one(
             _err(
                 "offline_record_unreadable",
                 "The record's sealed card data does not open for this account, reader and "
-                "sequence; it was altered or belongs elsewhere.",
+                "sequence, or is not a card read; it was altered or belongs elsewhere.",
             ),
         )
     try:
@@ -280,7 +281,7 @@ def _ingest_one(
 
         return settle_forwarded(ctx, reader, p, card, number)
     pm = card_present_method(ctx, reader, p, card, number)
-    del number, card, plain
+    del number, card
     fields = {
         "amount": p.amount,
         "currency": p.currency,
@@ -309,6 +310,39 @@ def _ingest_one(
     except InvalidRequestError as exc:
         return keep_rejection(ctx, reader["id"], p, exc.to_body()["error"])
     return record_outcome(ctx, reader, p, status, pi, error)
+
+
+def open_card_read(unseal: Unsealer, sealed: bytes, aad: bytes) -> dict[str, Any]:
+    """The card read in a sealed envelope, as a reader seals it (`stowpay.reader.vault`):
+    ``{"number": 12-19 digits, "exp_month": 1-12, "exp_year": 2000-2199, "emv": {hex: hex}}``
+    (``emv`` may be absent). ValueError for an envelope that does not open, and for one that
+    opens to anything else: a key holder can seal any bytes, and none of them may reach the
+    charge as a number, a month or a year that is not one."""
+    plain = unseal(sealed, aad)
+    try:
+        card = json.loads(plain)
+    except RecursionError:
+        raise ValueError("the card read nests too deeply") from None
+    if not isinstance(card, dict):
+        raise ValueError("the card read is not an object")
+    number = card.get("number")
+    if not (
+        isinstance(number, str)
+        and number.isascii()
+        and number.isdigit()
+        and 12 <= len(number) <= 19
+    ):
+        raise ValueError("the card read has no card number")
+    for name, low, high in (("exp_month", 1, 12), ("exp_year", 2000, 2199)):
+        value = card.get(name)
+        if type(value) is not int or not low <= value <= high:
+            raise ValueError(f"the card read's {name} is not one")
+    emv = card.get("emv", {})
+    if not isinstance(emv, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in emv.items()
+    ):
+        raise ValueError("the card read's chip data is not tags and values")
+    return card
 
 
 def record_outcome(
