@@ -1879,7 +1879,7 @@ class Vault:
                 last4=_typed(shown["last4"], str),
                 exp_month=_typed(shown["exp_month"], int),
                 exp_year=_typed(shown["exp_year"], int),
-                cardholder_name=_typed(shown["cardholder_name"], str, None),
+                cardholder_name=_typed(shown["cardholder_name"], str, nullable=True),
                 read_method=_typed(shown["read_method"], str),
                 receipt=_typed(shown["receipt"], dict),
             )
@@ -2181,10 +2181,10 @@ def _json_object(data: bytes) -> dict[str, Any]:
     return doc
 
 
-def _typed(value: Any, kind: type, *also: None) -> Any:
-    """`value` if it has exactly type `kind` (bool is not an int here), or is one of `also`;
-    ValueError otherwise."""
-    if type(value) is kind or (also and value is None):
+def _typed(value: Any, kind: type, *, nullable: bool = False) -> Any:
+    """`value` if it has exactly type `kind` (so True is not an int), or is None and
+    `nullable`; ValueError otherwise."""
+    if type(value) is kind or (nullable and value is None):
         return value
     raise ValueError(f"expected {kind.__name__}, found {type(value).__name__}")
 
