@@ -65,7 +65,7 @@ from stowpay.wire import sealed as sealing
 
 EXAMPLES = int(os.environ.get("STOWPAY_DECODER_EXAMPLES", "1000"))
 
-pytestmark = pytest.mark.timeout(max(300, EXAMPLES // 2))
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(300, EXAMPLES // 2))]
 
 FUZZ = settings(
     max_examples=EXAMPLES,

@@ -94,7 +94,7 @@ from stowpay.wire.clock import ManualClock
 
 EXAMPLES = int(os.environ.get("STOWPAY_DECODER_EXAMPLES", "1000"))
 
-pytestmark = pytest.mark.timeout(max(300, EXAMPLES // 2))
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(300, EXAMPLES // 2))]
 
 FUZZ = settings(
     max_examples=EXAMPLES,
