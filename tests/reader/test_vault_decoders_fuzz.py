@@ -12,10 +12,12 @@ come out:
 - never another exception type;
 - never a record handed out for forwarding unless it is byte for byte a genuine one.
 
-How the types get in: the vault's tables are STRICT, which SQLite enforces only when writing.
-A damaged page can hold any storage class in any column, so each test rewrites the schema
-of a copy without STRICT (SQLite's ``writable_schema``, the same records on disk) and writes
-its mutations through a side connection, as an attacker with the files would.
+How the types get in: the vault's tables are STRICT, which SQLite enforces only when
+writing. A damaged page can hold any storage class in any column, so each test rewrites the
+schema of a copy without STRICT (SQLite's ``writable_schema``, the same records on disk) and writes
+its mutations through a side connection, as an attacker with the files would. The vaults
+live on tmpfs (``/dev/shm``) where there is one: what is tested is decoding, and the vault's
+fsyncs cost nothing there.
 
 Decoders:
 
@@ -29,7 +31,8 @@ Decoders:
    ``salvage=True`` (which reads past an altered state): verify, pending, summary, store,
    remove and advance_sequence.
 4. ``side tables``: removed_links, quarantine and card_uses rows.
-5. ``tip file``: its bytes, read as at open (`_tip_findings`) and by `Vault.open`.
+5. ``tip file``: its bytes, read as at open (`_tip_findings`), and a tenth as many through
+   `Vault.open` itself.
 6. ``device key``: the key file's bytes (`_load_device_key`).
 
 Found by it, and fixed (each with a plain regression test below):
