@@ -29,6 +29,7 @@ from vault_kit import (
 )
 
 from leak_scan import PLANTED
+from stowpay.cloud.routes.device import DisplayBody
 from stowpay.reader import vault as vault_module
 from stowpay.reader.vault import (
     FindingKind,
@@ -493,6 +494,11 @@ def test_track_and_pin_emv_tags_are_refused(open_vault: OpenVault, tag: str) -> 
         {"card": card(exp_month=13)},
         {"metadata": {f"k{i}": "v" for i in range(51)}},
         {"metadata": {"a[b]": "v"}},
+        # Display fields the cloud's device API refuses: stored, such a record would stick.
+        {"card": card(cardholder_name="")},
+        {"card": card(cardholder_name="A" * 201)},
+        {"card": card(brand="b" * 41)},
+        {"card": card(read_method="r" * 61)},
     ],
 )
 def test_bad_payments_are_refused_before_anything_is_written(
@@ -502,6 +508,17 @@ def test_bad_payments_are_refused_before_anything_is_written(
     with pytest.raises(VaultInputError):
         vault.store(payment(**over))  # type: ignore[arg-type]
     assert vault.head_sequence == 0
+
+
+def test_the_widest_display_the_vault_stores_is_one_the_cloud_takes(
+    open_vault: OpenVault,
+) -> None:
+    vault = open_vault()
+    widest = card(cardholder_name="A" * 200, brand="b" * 40, read_method="r" * 60)
+    vault.store(payment(card=widest))
+    vault.store(payment(card=card(cardholder_name=None)))
+    for record in vault.pending():
+        DisplayBody.model_validate(record.display.as_dict())
 
 
 def test_card_read_never_shows_its_number() -> None:

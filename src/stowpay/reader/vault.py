@@ -2219,9 +2219,22 @@ def _stored_problem(p: StoredPayment) -> str | None:
         (p.description is None or len(p.description) <= 1000, "description"),
         (1 <= d.exp_month <= 12 and 2000 <= d.exp_year <= 2199, "expiry"),
         (len(d.last4) == 4 and d.last4.isascii() and d.last4.isdigit(), "last4"),
+        (_display_problem(d.brand, d.cardholder_name, d.read_method) is None, "card display"),
     )
     bad = [name for ok, name in checks if not ok]
     return f"its {bad[0]} is not one the vault stores" if bad else None
+
+
+def _display_problem(brand: str, cardholder_name: str | None, read_method: str) -> str | None:
+    """The display field out of the bounds the cloud's device API takes, or None: a record
+    the cloud would refuse must be refused at the sale, not stored and then stuck."""
+    if len(brand) > 40:
+        return "brand"
+    if cardholder_name is not None and not 0 < len(cardholder_name) <= 200:
+        return "cardholder_name"
+    if len(read_method) > 60:
+        return "read_method"
+    return None
 
 
 def _text(value: object) -> str:
@@ -2284,6 +2297,10 @@ def _prepare(payment: OfflinePayment) -> tuple[bytes, CardDisplay, str]:
         raise VaultInputError("metadata: at most 50 string keys (<=40, no brackets), values <=500")
     if p.description is not None and len(p.description) > 1000:
         raise VaultInputError("description is longer than 1000 characters")
+    if _display_problem(card.brand, card.cardholder_name, card.read_method) is not None:
+        raise VaultInputError(
+            "brand (<=40), cardholder_name (1-200) or read_method (<=60) out of bounds"
+        )
     try:
         receipt = json.loads(json.dumps(dict(card.receipt)))
     except (TypeError, ValueError) as exc:
