@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from stripe._encode import _api_encode
 
 from stowpay.wire.errors import InvalidRequestError
-from stowpay.wire.formcodec import MAX_DEPTH, MAX_INDEX, MAX_PAIRS, decode, encode
+from stowpay.wire.formcodec import MAX_DEPTH, MAX_INDEX, MAX_PAIRS, _pairs, decode, encode
 
 # -- round trips ---------------------------------------------------------------------------
 
@@ -191,3 +191,21 @@ def test_decoding_any_text_only_ever_refuses_cleanly(text: str) -> None:
     except InvalidRequestError:
         return
     assert isinstance(decoded, dict)
+
+
+#: Forms built from the characters that matter to splitting and unquoting.
+form_text = st.text(st.sampled_from("ab=&%+2041 \u00e9[]"), max_size=40)
+
+
+@settings(max_examples=1000)
+@given(form_text | st.text(max_size=60))
+def test_fields_split_as_parse_qsl_splits_them(text: str) -> None:
+    # Bodies with nothing to unquote skip parse_qsl: the pairs must be the ones it gives.
+    assert _pairs(text) == parse_qsl(text, keep_blank_values=True)
+
+
+def test_the_field_limit_holds_with_and_without_unquoting() -> None:
+    for field in ("a=1", "a=%31"):
+        assert len(_pairs("&".join([field] * MAX_PAIRS))) == MAX_PAIRS
+        with pytest.raises(InvalidRequestError, match="Too many parameters"):
+            _pairs("&".join([field] * (MAX_PAIRS + 1)))

@@ -37,12 +37,7 @@ def decode(data: bytes | str) -> dict[str, Any]:
             data = data.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidRequestError("The request body is not valid UTF-8.") from None
-    try:
-        pairs = parse_qsl(data, keep_blank_values=True, max_num_fields=MAX_PAIRS)
-    except ValueError:
-        raise InvalidRequestError(
-            f"Too many parameters: at most {MAX_PAIRS} are accepted."
-        ) from None
+    pairs = _pairs(data)
     root: dict[str, Any] = {}
     for key, value in pairs:
         if "\x00" in key or "\x00" in value:
@@ -57,6 +52,18 @@ def decode(data: bytes | str) -> dict[str, Any]:
             continue
         _put(root, key, value)
     return _finish(root)  # type: ignore[no-any-return]
+
+
+def _pairs(data: str) -> list[tuple[str, str]]:
+    """The (name, value) pairs of a form, as `parse_qsl(data, keep_blank_values=True)` gives
+    them; refused past `MAX_PAIRS`."""
+    if data.count("&") >= MAX_PAIRS:  # the count parse_qsl refuses at
+        raise InvalidRequestError(f"Too many parameters: at most {MAX_PAIRS} are accepted.")
+    if "%" in data or "+" in data:
+        return parse_qsl(data, keep_blank_values=True, max_num_fields=MAX_PAIRS)
+    # Nothing to unquote (most bodies): parse_qsl would return each field's text unchanged,
+    # after a per-field unquoting pass that is about 40 % of decoding a typical body.
+    return [(k, v) for k, _, v in (f.partition("=") for f in data.split("&") if f)]
 
 
 def _path(key: str) -> list[str | None]:
