@@ -25,8 +25,9 @@ For every run of every size:
      queued webhook delivery per `payment_intent.*` event.
 
 It prints payments/s per run, time per payment for each size (they should be about equal if
-time grows linearly) and the cloud's and this process's CPU time per payment. `--big` adds
-one run of 100,000 payments (storing the backlog alone takes a few minutes).
+time grows linearly), the cloud's and this process's CPU time per payment, and the cloud
+process's peak resident memory. `--big` adds one run of 100,000 payments (storing the
+backlog alone takes a few minutes).
 `--profile` runs py-spy on the cloud process during the timed part and writes a flame graph.
 """
 
@@ -84,6 +85,14 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (from /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The most resident memory a process has had (VmHWM, from /proc), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 class Sink(http.server.ThreadingHTTPServer):
@@ -262,6 +271,8 @@ class Run:
     requests: int = 0
     #: of `seconds`, the time spent in the forwarding calls (the rest is the vault's)
     in_requests: float = 0.0
+    #: the cloud process's peak resident memory, MiB
+    cloud_rss: float = 0.0
     checks: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -320,6 +331,7 @@ def one_run(work: Path, size: int, run: int, batch: int, profile: bool, hold: bo
         result.reader_cpu = time.process_time() - reader0
         result.requests = link.forwards
         result.in_requests = link.seconds
+        result.cloud_rss = peak_rss_mib(cloud.proc.pid)
         if spy is not None:
             stop_py_spy(spy, work.parent / f"profile-{work.name}.txt")
         if drained.error is not None or drained.forwarded != size or drained.remaining:
@@ -502,7 +514,7 @@ def main() -> None:
                 f"({1e6 * r.in_requests / size:.0f} in requests), "
                 f"{r.requests} requests; CPU per payment: "
                 f"cloud {1e6 * r.cloud_cpu / size:.0f} us, reader {1e6 * r.reader_cpu / size:.0f}"
-                f" us; cloud check {verdict}",
+                f" us; cloud peak RSS {r.cloud_rss:.0f} MiB; cloud check {verdict}",
                 flush=True,
             )
             shutil.rmtree(work / f"{size}-{run}" / "vault", ignore_errors=True)
@@ -519,7 +531,7 @@ def report(results: list[Run], args: argparse.Namespace) -> None:
     print(f"backlog forwarded reader -> cloud, batch {args.batch}; median [range] of the runs")
     head = (
         f"{'payments':>9s} {'runs':>4s} {'payments/s':>24s} {'us/payment':>11s} "
-        f"{'cloud CPU us/p':>15s} {'reader CPU us/p':>16s}"
+        f"{'cloud CPU us/p':>15s} {'reader CPU us/p':>16s} {'cloud RSS MiB':>14s}"
     )
     print(head)
     print("-" * len(head))
@@ -531,8 +543,12 @@ def report(results: list[Run], args: argparse.Namespace) -> None:
         per = statistics.median([r.us_per_payment for r in runs])
         cloud = statistics.median([1e6 * r.cloud_cpu / size for r in runs])
         reader = statistics.median([1e6 * r.reader_cpu / size for r in runs])
+        rss = max(r.cloud_rss for r in runs)
         band = f"{statistics.median(rates):,.0f} [{min(rates):,.0f}-{max(rates):,.0f}]"
-        print(f"{size:>9,} {len(runs):>4d} {band:>24s} {per:>11.0f} {cloud:>15.0f} {reader:>16.0f}")
+        print(
+            f"{size:>9,} {len(runs):>4d} {band:>24s} {per:>11.0f} {cloud:>15.0f} {reader:>16.0f}"
+            f" {rss:>14.0f}"
+        )
     if 10_000 in by_size:
         rate = statistics.median([r.rate for r in by_size[10_000]])
         verdict = "MET" if rate >= 2000 else "NOT MET"
@@ -554,6 +570,7 @@ def report(results: list[Run], args: argparse.Namespace) -> None:
                         "cloud_cpu_s": r.cloud_cpu,
                         "reader_cpu_s": r.reader_cpu,
                         "requests": r.requests,
+                        "cloud_rss_mib": r.cloud_rss,
                         "checks": r.checks,
                     }
                     for r in results

@@ -679,6 +679,12 @@ def _record(device: Device, **over: Any) -> dict[str, Any]:
         (b'{"records": [{"stored_at": NaN}]}', "invalid_json"),
         (b'{"records": [], "x": "\\u0000"}', "parameter_invalid"),
         (b'{"records": [], "connection_token": "\\ud800"}', "invalid_json"),
+        # The same surrogate as raw UTF-8 bytes, and in a UTF-16 body: no escape to see.
+        (b'{"records": [], "connection_token": "\xed\xa0\x80"}', "invalid_json"),
+        (
+            '{"records": [], "connection_token": "\ud800"}'.encode("utf-16-le", "surrogatepass"),
+            "invalid_json",
+        ),
         (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
     ],
 )

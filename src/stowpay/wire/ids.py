@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import os
 import string
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 _ALPHABET = string.ascii_letters + string.digits
+#: The same 62 characters in the order they sort as text (digits, upper, lower case).
+_SORTED = string.digits + string.ascii_uppercase + string.ascii_lowercase
+#: Characters of an id that tell the second it was made; 62**6 seconds last until 3770.
+TIME_CHARS = 6
 
 
 class IdFactory(Protocol):
@@ -16,10 +22,26 @@ class IdFactory(Protocol):
 
 
 class RandomIds:
-    """Unguessable ids: a prefix and 24 base62 characters (at least 142 random bits)."""
+    """Unguessable ids in Stripe's shape: a prefix and 24 base62 characters.
+
+    The first 6 characters are the second the id was made, written so that later seconds
+    sort later as text; the other 18 are random (107 bits). The database indexes every id:
+    ids made close together sort close together, so a batch of new objects lands on a few
+    index pages at the end instead of one random page each, and what a commit writes does
+    not grow with the store. Wholly random ids made each batch rewrite a share of every
+    index, a share that grew with the store.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._second = -1
+        self._prefix = ""
 
     def new(self, prefix: str) -> str:
-        return prefix + "_" + _random_base62(24)
+        second = int(self._clock())
+        if second != self._second:  # threads racing here at worst compute the prefix twice
+            self._prefix, self._second = _sortable_base62(second, TIME_CHARS), second
+        return prefix + "_" + self._prefix + _random_base62(24 - TIME_CHARS)
 
 
 class CountingIds:
@@ -49,6 +71,15 @@ def _random_base62(length: int) -> str:
     while len(out) < length:  # fewer than `length` of `length + 8` bytes kept: rare
         out += os.urandom(8).translate(_TO_BASE62, _REJECTED)
     return out[:length].decode("ascii")
+
+
+def _sortable_base62(n: int, width: int) -> str:
+    """`n` (modulo 62**width) in `width` base-62 digits that sort as text as the numbers do."""
+    digits = []
+    for _ in range(width):
+        n, r = divmod(n, 62)
+        digits.append(_SORTED[r])
+    return "".join(reversed(digits))
 
 
 def random_token(nbytes: int = 24) -> str:

@@ -27,7 +27,11 @@ _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
 def contains_card_number(text: str) -> bool:
     """Whether `text` holds a card number: whole groups of digits, one after another, that
     make 13 to 19 digits passing the Luhn check."""
+    if len(text) < 13:
+        return False  # too short to hold 13 digits: most keys and values, found at once
     for m in _GROUPS.finditer(text):
+        if len(m.group()) < 13:
+            continue  # a run of digits and separators shorter than any card number
         groups = _SEPARATOR.split(m.group())
         if _any_card_number(groups):
             return True

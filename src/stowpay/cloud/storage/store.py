@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -224,6 +225,14 @@ _GET_MANY = sa.select(_o.id, _o.body).where(
     _o.account_id == sa.bindparam("b_account"),
     _o.type == sa.bindparam("b_type"),
     _o.id.in_(sa.bindparam("b_ids", expanding=True)),
+)
+# The same on SQLite, with the ids as one JSON array: a fixed statement, where SQLAlchemy
+# compiles an expanding IN list again on every call (500 ids each). CROSS JOIN keeps
+# SQLite's planner looking each id up in the id index: left to itself, it scans every object
+# of the type, a cost that grows with the store.
+_GET_MANY_SQLITE = (
+    "SELECT o.id, o.body FROM json_each(?) AS wanted CROSS JOIN objects AS o"
+    " ON o.id = wanted.value WHERE o.account_id = ? AND o.type = ?"
 )
 _INSERT = t.objects.insert()
 _UPDATE = t.objects.update().where(
@@ -727,10 +736,16 @@ class BatchTx(Tx):
         wanted = [i for i in dict.fromkeys(object_ids) if i not in self._loaded]
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
-            rows = self.conn.execute(
-                _GET_MANY, {"b_account": account_id, "b_type": type_, "b_ids": chunk}
-            )
-            found = {str(r.id): str(r.body) for r in rows}
+            rows: Sequence[Any]
+            if self._sqlite is None:
+                rows = self.conn.execute(
+                    _GET_MANY, {"b_account": account_id, "b_type": type_, "b_ids": chunk}
+                ).all()
+            else:
+                rows = self._sqlite.execute(
+                    _GET_MANY_SQLITE, (json.dumps(chunk), account_id, type_)
+                ).fetchall()
+            found = {str(r[0]): str(r[1]) for r in rows}
             for object_id in chunk:
                 self._loaded[object_id] = found.get(object_id)
 
@@ -857,6 +872,14 @@ class BatchTx(Tx):
             self.conn.execute(stmt, rows)
             return
         sql, order = _sqlite_sql(stmt, tuple(rows[0]), self.conn.dialect)
+        if all(n in rows[0] for n, _ in order):
+            # Every parameter is a key of the rows (as they all are for an insert): picked
+            # out by one C call per row; a comprehension per row cost half as much as
+            # SQLite's own work.
+            pick = operator.itemgetter(*(n for n, _ in order))
+            params = map(pick, rows) if len(order) > 1 else ((pick(r),) for r in rows)
+            self._sqlite.executemany(sql, params)
+            return
         self._sqlite.executemany(sql, [[r.get(n, fixed) for n, fixed in order] for r in rows])
 
 
