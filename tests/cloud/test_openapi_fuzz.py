@@ -24,14 +24,43 @@ document said 1+ characters (ST201). Found while reading for it, and covered sin
 `page=page_<huge>`,
 `amount:'²'` and `expand[²]=x` (`str.isdigit` passes what `int()` refuses), NUL characters
 (PostgreSQL refuses them in text), `amount=` unsetting a PaymentIntent's amount.
+
+Sequences (`test_sequences_along_the_links_answer_as_documented`). schemathesis's state
+machine follows the document's links (generated from code, `stowpay.cloud.openapi`; links it
+could infer are turned off): a PaymentIntent created is retrieved, updated, confirmed,
+captured, cancelled by its `id`, its `latest_charge` is retrieved and refunded, a Location
+created is given readers, a reader listed is updated and deleted, ... Half the ids no link
+chose are aimed at seeded objects, as above. Every step gets the checks above, plus
+`ensure_resource_availability` (what was just created is found) and `use_after_free` (what
+was deleted is gone). `STOWPAY_FUZZ_EXAMPLES / 2` sequences (50 in CI) of up to
+`STOWPAY_FUZZ_STEPS` calls (default 30). Seen to fail: a throwaway plugin making
+`GET /v1/refunds/{refund}` raise for a refund of another amount than the seeded ones (so
+only for a refund made during the run) passes the stateless test and fails this one
+(not_a_server_error on `POST /v1/refunds -> GET /v1/refunds/{refund}`). Found with it: the
+document described form bodies without `encoding`, so a client reading it (schemathesis
+among them) sent `address[country]` as a bare `country`, refused as unknown: it now says
+`deepObject` for every object and array, `tests/cloud/test_openapi_document.py`.
+
+Two accounts (`test_another_accounts_ids_are_not_found`). Account A's key, and every id a
+case carries (path, body fields, list filters and cursors; a list is given one even when
+schemathesis drew none) aimed at account B's real objects, in the same database. Each such
+answer must be what an id that does not exist gets: the same request is sent again with ids
+that name nothing, and status, error type, code and param must agree (a 404, a 400 for a
+malformed request, an empty list for a filter); no answer may hold any id of B's beyond those
+sent; B's rows, in every table, must be unchanged after every call. A quarter of the
+stateless test's examples per operation, fuzzing phase only. Seen to fail: a throwaway
+plugin letting `Tx.get` find a refund of any account -> "B's ids [ch_..., pi_...] in the
+answer to GET /v1/refunds/{refund}".
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,24 +68,31 @@ from urllib.parse import urlsplit
 import jsonschema_rs
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+import sqlalchemy as sa
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.errors import Flaky
 from schemathesis.checks import (
     content_type_conformance,
+    ensure_resource_availability,
     ignored_auth,
     negative_data_rejection,
     not_a_server_error,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
+    use_after_free,
 )
 from schemathesis.core.failures import AcceptedNegativeData
 from schemathesis.core.parameters import ParameterLocation
+from schemathesis.engine.errors import is_inconsistent_replay
+from schemathesis.generation.stateful import run_state_machine_as_test
 from schemathesis.python import asgi
 from starlette.testclient import TestClient
 
 from stowpay.cloud.app import create_app
 from stowpay.cloud.domain.accounts import create_account
 from stowpay.cloud.settings import Settings
+from stowpay.cloud.storage import tables
 from stowpay.wire import formcodec
 from stowpay.wire.cards import TEST_PAYMENT_METHODS
 from stowpay.wire.errors import InvalidRequestError
@@ -224,15 +260,16 @@ def _closed(node: Any) -> Any:
 class Target:
     """The app, an account's secret key, and ids of its objects by path parameter name."""
 
-    def __init__(self, app: Any, key: str, ids: dict[str, list[str]]) -> None:
+    def __init__(self, app: Any, key: str, ids: dict[str, list[str]], database: str) -> None:
         self.app = app
         self.key = key
         self.ids = ids
+        self.database = database  # "sqlite" or "postgres"
 
 
 def _seed(client: TestClient, key: str) -> dict[str, list[str]]:
     """PaymentIntents in every status, with their charges and methods; refunds, webhook
-    endpoints, events, terminal locations and configurations."""
+    endpoints, events, terminal locations, readers and configurations."""
     auth = {"Authorization": f"Bearer {key}"}
 
     def post(path: str, data: dict[str, Any], status: int = 200) -> dict[str, Any]:
@@ -276,7 +313,15 @@ def _seed(client: TestClient, key: str) -> dict[str, list[str]]:
                 ids.setdefault("payment_method", []).append(pi["payment_method"])
         ids.setdefault("refund", []).append(refund["id"])
         ids.setdefault("webhook_endpoint", []).append(post("/v1/webhook_endpoints", endpoint)["id"])
-        ids.setdefault("location", []).append(post("/v1/terminal/locations", location)["id"])
+        location_id = post("/v1/terminal/locations", location)["id"]
+        ids.setdefault("location", []).append(location_id)
+        if n < 2:
+            # A reader registered at that Location, as a device registers itself.
+            device = {"device_type": "bbpos_wisepos_e", "serial_number": f"SN-{key[-6:]}-{n}"}
+            device["device_sw_version"] = "1"
+            code = client.post("/device/v1/registration_codes", json=device).json()
+            reader = {"registration_code": code["registration_code"], "location": location_id}
+            ids.setdefault("reader", []).append(post("/v1/terminal/readers", reader)["id"])
         ids.setdefault("configuration", []).append(
             post("/v1/terminal/configurations", configuration)["id"]
         )
@@ -315,7 +360,7 @@ def fuzz_target(
         with cloud.store.write() as tx:
             key = create_account(tx, cloud.settings.clock, cloud.settings.ids).secret_key
         ids = _seed(client, key)
-    yield Target(app, key, ids)
+    yield Target(app, key, ids, request.param)
     asgi.shutdown_lifespans()  # schemathesis started the app's lifespan again for its calls
     cloud.store.close()
 
@@ -329,14 +374,21 @@ def fuzz_schema(fuzz_target: Target) -> Any:
         answers[name] = _closed(answers[name])
     DOCUMENT.clear()
     DOCUMENT.update(document)
+    return _load(document, fuzz_target, EXAMPLES)
+
+
+def _load(document: dict[str, Any], target: Target, max_examples: int, **phases: Any) -> Any:
     config = schemathesis.Config.from_dict(
         {
-            "auth": {"openapi": {"bearer": {"bearer": fuzz_target.key}}},
-            "generation": {"max-examples": EXAMPLES},
+            "auth": {"openapi": {"bearer": {"bearer": target.key}}},
+            "generation": {"max-examples": max_examples},
+            # The stateful test follows the document's links only, not links schemathesis
+            # would infer from the answers: it shows the document's links are right.
+            "phases": {"stateful": {"inference": {"algorithms": []}}, **phases},
         }
     )
     schema = schemathesis.openapi.from_dict(document, config=config)
-    schema.app = fuzz_target.app  # calls go to the app in process, as with `from_asgi`
+    schema.app = target.app  # calls go to the app in process, as with `from_asgi`
     return schema
 
 
@@ -350,10 +402,13 @@ BODY_IDS = {
 }
 
 
-def _aim(case: Any, pick: int, ids: dict[str, list[str]]) -> None:
+def _aim(
+    case: Any, pick: int, ids: dict[str, list[str]], linked: frozenset[str] = frozenset()
+) -> None:
     """Point the case's ids (path, and body fields that name objects) at real objects.
 
-    Only where the case is meant to be valid: a negative id stays as schemathesis made it.
+    Only where the case is meant to be valid: a negative id stays as schemathesis made it,
+    and so does one a link took from an earlier answer (`linked`, by name).
     """
 
     def real(pool_name: str) -> str | None:
@@ -364,14 +419,24 @@ def _aim(case: Any, pick: int, ids: dict[str, list[str]]) -> None:
         return case.meta is not None and case.meta.is_negative_at(location)
 
     if not negative(ParameterLocation.PATH):
-        for name in case.path_parameters or {}:
+        for name in (case.path_parameters or {}).keys() - linked:
             case.path_parameters[name] = real(name) or case.path_parameters[name]
     if isinstance(case.body, dict) and not negative(ParameterLocation.BODY):
         for name, pool_name in BODY_IDS.items():
-            if isinstance(case.body.get(name), str) and case.body[name]:
+            if isinstance(case.body.get(name), str) and case.body[name] and name not in linked:
                 case.body[name] = real(pool_name) or case.body[name]
-        if isinstance(case.body.get("expand"), list):
-            case.body["expand"] = _expand_paths(case.body["expand"], pick)
+    _tidy(case, pick)
+
+
+def _tidy(case: Any, pick: int) -> None:
+    """`expand[]` paths that exist, and no drawn Idempotency-Key, where the case is valid."""
+
+    def negative(location: ParameterLocation) -> bool:
+        return case.meta is not None and case.meta.is_negative_at(location)
+
+    body = case.body if isinstance(case.body, dict) else {}
+    if isinstance(body.get("expand"), list) and not negative(ParameterLocation.BODY):
+        body["expand"] = _expand_paths(body["expand"], pick)
     query = case.query if isinstance(case.query, dict) else {}
     if isinstance(query.get("expand"), list) and not negative(ParameterLocation.QUERY):
         query["expand"] = _expand_paths(query["expand"], pick)
@@ -423,3 +488,328 @@ def test_every_operation_answers_as_documented(case: Any, fuzz_target: Target) -
         _aim(case, pick // 2, fuzz_target.ids)
     case.query = _bracket_query(case.query)
     case.call_and_validate(checks=CHECKS)
+
+
+# -- sequences: one answer's ids in the next request ----------------------------------------
+
+#: Scenarios of the stateful test (each up to `STEPS` calls): half the examples asked for.
+SCENARIOS = max(1, EXAMPLES // 2)
+STEPS = int(os.environ.get("STOWPAY_FUZZ_STEPS", "30"))
+
+#: The stateless checks, and two that need a sequence: an object just created is found
+#: (`ensure_resource_availability`), and one deleted is gone (`use_after_free`).
+STATEFUL_CHECKS = [*CHECKS, ensure_resource_availability, use_after_free]
+
+
+def test_sequences_along_the_links_answer_as_documented(
+    fuzz_schema: Any, fuzz_target: Target
+) -> None:
+    """schemathesis's state machine over the document's links: a PaymentIntent created,
+    then confirmed, captured, refunded by its `latest_charge`, a Location created, then a
+    reader listed at it, updated, deleted, ... each step checked as the stateless test checks
+    its cases."""
+    links = {
+        (op_id, name)
+        for item in DOCUMENT["paths"].values()
+        for op_id, op in ((o["operationId"], o) for o in item.values())
+        for name in op["responses"]["200"].get("links", {})
+    }
+    statuses: Counter[int] = Counter()
+    findings: list[str] = []
+    followed: set[str] = set()
+    counts = Counter[str]()
+
+    class Sequences(fuzz_schema.as_state_machine()):  # type: ignore[misc]
+        linked: frozenset[str] = frozenset()
+
+        def setup(self) -> None:
+            counts["scenarios"] += 1
+
+        def step(self, input: Any) -> Any:
+            self.linked = frozenset(name for _, name in input.applied_parameters if name)
+            if input.transition is not None and input.is_applied:
+                counts["linked"] += 1
+                followed.add(input.transition.id)
+            return super().step(input)
+
+        def before_call(self, case: Any) -> None:
+            # As in the stateless test, half the ids no link chose are aimed at real objects:
+            # a sequence can also start from a seeded PaymentIntent, Location, ...
+            pick = zlib.crc32(repr((case.path_parameters, case.body, case.query)).encode())
+            if pick % 2:
+                _aim(case, pick // 2, fuzz_target.ids, self.linked)
+            else:
+                _tidy(case, pick // 2)
+            case.query = _bracket_query(case.query)
+
+        def validate_response(
+            self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any
+        ) -> None:
+            statuses[response.status_code] += 1
+            try:
+                case.validate_response(
+                    response,
+                    checks=STATEFUL_CHECKS,
+                    transport_kwargs=kwargs or None,
+                    recorder=self.recorder,
+                )
+            except Exception as exc:
+                findings.append(f"{case.operation.label}: {exc}\n{case.as_curl_command()}")
+                raise
+
+    started, cpu = time.monotonic(), time.process_time()
+    # Hypothesis replays sequences (to report a failure, or to explore from a known prefix);
+    # against a database that has moved on since, a replay may draw otherwise and Hypothesis
+    # calls it "Flaky". That is no finding of its own (as schemathesis's runner also treats
+    # it): what a check found is reported, and otherwise the run goes on with new sequences.
+    for _ in range(10):
+        try:
+            run_state_machine_as_test(
+                Sequences,
+                settings=settings(
+                    max_examples=SCENARIOS - counts["scenarios"],
+                    stateful_step_count=STEPS,
+                    deadline=None,
+                    phases=[Phase.generate],
+                    database=None,
+                    suppress_health_check=list(HealthCheck),
+                ),
+            )
+        except Exception as exc:
+            if findings:
+                pytest.fail(f"{len(findings)} findings; the first:\n{findings[0]}")
+            if not isinstance(exc, Flaky) and not is_inconsistent_replay(exc):
+                raise
+            counts["replays gone elsewhere"] += 1
+        if counts["scenarios"] >= SCENARIOS:
+            break
+    steps = sum(statuses.values())
+    print(
+        f"\nstateful fuzz [{fuzz_target.database}]: {counts['scenarios']} sequences, "
+        f"{steps} calls, {counts['linked']} of them along a link ({len(followed)} of the "
+        f"document's {len(links)} links followed), answers {dict(sorted(statuses.items()))}, "
+        f"findings 0 ({counts['replays gone elsewhere']} replays gone elsewhere); "
+        f"{time.monotonic() - started:.0f} s ({time.process_time() - cpu:.0f} s CPU)"
+    )
+    # The links lead somewhere: a run that never followed one would test nothing stateful.
+    assert counts["linked"] > steps // 5 and len(followed) >= min(50, SCENARIOS)
+
+
+# -- two accounts: account A's key, account B's ids -----------------------------------------
+
+#: Examples per operation of the two-account test: a quarter of the stateless test's.
+FOREIGN_EXAMPLES = max(1, EXAMPLES // 4)
+
+#: Query fields that name another object, and the pool of ids they are aimed at (list
+#: filters); `starting_after` and `ending_before` take the listed kind (see `_cursor_pool`).
+QUERY_IDS = {"payment_intent": "intent", "charge": "charge", "location": "location"}
+
+
+class Foreign:
+    """Account B, in the database account A is fuzzed in: its ids, all it owns, its rows."""
+
+    def __init__(
+        self, store: Any, account_id: str, ids: dict[str, list[str]], caller_key: str
+    ) -> None:
+        self.store = store
+        self.caller_key = caller_key  # account A's
+        self.account_id = account_id
+        self.ids = ids
+        with store.engine.connect() as conn:
+            owned = conn.execute(
+                sa.select(tables.objects.c.id).where(tables.objects.c.account_id == account_id)
+            )
+            self.owned = {account_id, *owned.scalars()}
+        self.rows = self.snapshot()
+        self.counts: Counter[str] = Counter()
+
+    def snapshot(self) -> str:
+        """Every row of B's, in every table that has an account (as text, to compare)."""
+        with self.store.engine.connect() as conn:
+            dump = [
+                (
+                    table.name,
+                    sorted(
+                        repr(tuple(row))
+                        for row in conn.execute(
+                            sa.select(table).where(table.c[column] == self.account_id)
+                        )
+                    ),
+                )
+                for table in tables.metadata.sorted_tables
+                for column in ("account_id", "id")
+                if column in table.c and (column == "account_id" or table is tables.accounts)
+            ]
+        return repr(dump)
+
+
+@pytest.fixture(scope="module")
+def foreign(fuzz_target: Target) -> Iterator[Foreign]:
+    cloud = fuzz_target.app.state.cloud
+    with TestClient(fuzz_target.app) as client:
+        with cloud.store.write() as tx:
+            account = create_account(tx, cloud.settings.clock, cloud.settings.ids)
+        ids = _seed(client, account.secret_key)
+        # Listing configurations makes an account's default one (lazily): made before the
+        # snapshot, so that only A's calls could change B's rows after it.
+        auth = {"Authorization": f"Bearer {account.secret_key}"}
+        assert client.get("/v1/terminal/configurations", headers=auth).status_code == 200
+    # The test payment methods (`pm_card_visa`) are everyone's; B's own are the ones made.
+    ids["payment_method"] = [pm for pm in ids["payment_method"] if pm not in TEST_PAYMENT_METHODS]
+    b = Foreign(cloud.store, account.account["id"], ids, fuzz_target.key)
+    started, cpu = time.monotonic(), time.process_time()
+    yield b
+    c = b.counts
+    print(
+        f"\ntwo accounts [{fuzz_target.database}]: {c['cases']} cases with A's key, "
+        f"{c['aimed']} carrying B's ids ({c['twins']} answered as for ids that do not exist: "
+        f"{c['404']} 404, {c['400']} 400, {c['empty']} empty lists); answers with B's ids "
+        f"{c['leaks']}, B's rows changed {c['changed']}, findings {c['findings']}; "
+        f"{time.monotonic() - started:.0f} s ({time.process_time() - cpu:.0f} s CPU)"
+    )
+
+
+def _cursor_pool(path: str) -> str | None:
+    """The pool of ids a list at `path` takes as a cursor: its objects' kind."""
+    return next(
+        (
+            p[len(path) + 2 : -1]
+            for p in DOCUMENT["paths"]
+            if re.fullmatch(re.escape(path) + r"/{\w+}", p)
+        ),
+        None,
+    )
+
+
+def _aim_at_foreign(case: Any, pick: int, ids: dict[str, list[str]]) -> set[str]:
+    """Every id the case carries (path, body, query filters and cursors) aimed at B's
+    objects, where the case is meant to be valid; the ids placed."""
+    placed: set[str] = set()
+
+    def real(pool_name: str | None, i: int) -> str | None:
+        pool = ids.get(pool_name or "")
+        if not pool:
+            return None
+        placed.add(pool[(pick + i) % len(pool)])
+        return pool[(pick + i) % len(pool)]
+
+    def negative(location: ParameterLocation) -> bool:
+        return case.meta is not None and case.meta.is_negative_at(location)
+
+    if not negative(ParameterLocation.PATH):
+        for i, name in enumerate(case.path_parameters or {}):
+            case.path_parameters[name] = real(name, i) or case.path_parameters[name]
+    if isinstance(case.body, dict) and not negative(ParameterLocation.BODY):
+        for i, (name, pool_name) in enumerate(BODY_IDS.items()):
+            if isinstance(case.body.get(name), str) and case.body[name]:
+                case.body[name] = real(pool_name, i) or case.body[name]
+    if case.method == "GET" and not negative(ParameterLocation.QUERY):
+        if not isinstance(case.query, dict):
+            case.query = {}
+        pools = {**QUERY_IDS, "starting_after": _cursor_pool(case.path)}
+        pools["ending_before"] = pools["starting_after"]
+        taken = [n for n in case.operation.query if n.name in pools]
+        given = [n for n in taken if isinstance(case.query.get(n.name), str)]
+        # A list is asked with one of B's ids even when schemathesis drew none.
+        if taken and not given:
+            given = [taken[pick % len(taken)]]
+        if given:
+            for name in ("starting_after", "ending_before"):
+                case.query.pop(name, None)
+            param = given[0].name
+            value = real(pools[param], 0)
+            if value is not None:
+                case.query[param] = value
+    _tidy(case, pick)
+    return placed
+
+
+def _replace_ids(value: Any, replace: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return replace.get(value, value)
+    if isinstance(value, dict):
+        return {k: _replace_ids(v, replace) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_ids(v, replace) for v in value]
+    return value
+
+
+def _outcome(response: Any) -> tuple[int, Any, Any, Any]:
+    """What an answer says, without the ids and text that differ between two calls."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.status_code, None, None, None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return response.status_code, error.get("type"), error.get("code"), error.get("param")
+    return response.status_code, body.get("object"), body.get("data") == [], None
+
+
+CONFORMANCE = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+
+@pytest.fixture(scope="module")
+def foreign_schema(fuzz_schema: Any, fuzz_target: Target) -> Any:
+    """The document, fuzzed only (no examples, no coverage phase): the ids are B's anyway."""
+    off = {"enabled": False}
+    return _load(DOCUMENT, fuzz_target, FOREIGN_EXAMPLES, examples=off, coverage=off)
+
+
+foreign_lazy_schema = schemathesis.pytest.from_fixture("foreign_schema")
+
+
+@foreign_lazy_schema.parametrize()
+@settings(
+    max_examples=FOREIGN_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+def test_another_accounts_ids_are_not_found(case: Any, foreign: Foreign) -> None:
+    """Account A's key with account B's ids: each such answer is the one an id that does not
+    exist gets (a 404, a 400 for a malformed request, an empty list for a list filter), no
+    answer names any of B's objects beyond the ids the request sent, and B's rows stay as
+    they were."""
+    pick = zlib.crc32(repr((case.path_parameters, case.body, case.query)).encode())
+    sent = _aim_at_foreign(case, pick, foreign.ids)
+    case.query = _bracket_query(case.query)
+    # Always A's key (schemathesis leaves it out of some cases, to see them refused).
+    case.headers["Authorization"] = f"Bearer {foreign.caller_key}"
+    foreign.counts["cases"] += 1
+    try:
+        response = case.call()
+        case.validate_response(response, checks=CONFORMANCE)
+        leaked = sorted(x for x in foreign.owned - sent if x in response.text)
+        foreign.counts["leaks"] += bool(leaked)
+        assert leaked == [], f"B's ids {leaked} in the answer to {case.operation.label}"
+        changed = foreign.snapshot() != foreign.rows
+        foreign.counts["changed"] += changed
+        assert not changed, f"{case.operation.label} changed B's rows"
+        if sent:
+            foreign.counts["aimed"] += 1
+            got = _outcome(response)
+            empty = case.method == "GET" and got[0] == 200 and got[2] is True
+            assert got[0] in (400, 404) or empty, (case.operation.label, response.text)
+            # The same request with ids that name nothing: it must be answered alike.
+            unknown = {x: x.split("_", 1)[0] + "_NoSuchObject" + str(i) for i, x in enumerate(sent)}
+            case.path_parameters = _replace_ids(case.path_parameters, unknown)
+            case.body = _replace_ids(case.body, unknown)
+            case.query = _replace_ids(case.query, unknown)
+            twin = _outcome(case.call())
+            assert got == twin, (case.operation.label, got, twin, response.text)
+            foreign.counts["twins"] += 1
+            foreign.counts["empty" if empty else str(got[0])] += 1
+    except BaseException:
+        foreign.counts["findings"] += 1
+        raise

@@ -269,3 +269,36 @@ def test_unknown_urls_and_the_document_carry_a_request_id(cloud: LiveCloud) -> N
     assert error(call(cloud, "GET", "/v1/no_such_thing"), 404)["type"] == "invalid_request_error"
     error(call(cloud, "DELETE", "/v1/payment_intents"), 404)
     assert call(cloud, "GET", "/openapi.json").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/terminal/configurations", "offline[enabled]=0", "offline[enabled]"),
+        ("/v1/terminal/configurations", "offline[enabled]=yes", "offline[enabled]"),
+        ("/v1/payment_intents", PI + "&confirm=1", "confirm"),
+        (
+            "/v1/payment_intents",
+            PI + "&automatic_payment_methods[enabled]=on",
+            "automatic_payment_methods[enabled]",
+        ),
+    ],
+)
+def test_a_boolean_is_true_or_false(
+    cloud: LiveCloud, path: str, body: str, param: str | None
+) -> None:
+    # The document says boolean, which a form writes as `true` or `false` (as Stripe takes
+    # it); `0`, `1`, `yes`, `on` used to be read as booleans too.
+    err = error(call(cloud, "POST", path, body), 400)
+    if param is not None:
+        assert err["param"] == param and "true or false" in err["message"]
+
+
+def test_true_and_false_are_booleans(cloud: LiveCloud) -> None:
+    for flag in ("true", "false"):
+        r = call(cloud, "POST", "/v1/terminal/configurations", f"offline[enabled]={flag}")
+        assert r.status_code == 200 and r.json()["offline"]["enabled"] == (flag == "true")
+    r = call(cloud, "GET", "/v1/terminal/configurations?is_account_default=1")
+    assert error(r, 400)["param"] == "is_account_default"
+    r = call(cloud, "GET", "/v1/terminal/configurations?is_account_default=true")
+    assert r.status_code == 200

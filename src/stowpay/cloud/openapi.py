@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -57,6 +58,7 @@ def document(api: Api) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for op in api.operations:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, components)
+    add_links(paths, components)
     return {
         "openapi": "3.0.3",
         "info": {
@@ -143,9 +145,20 @@ def _operation(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
     }
     if op.method == "POST":
         out["parameters"].append(IDEMPOTENCY_KEY)
+        form: dict[str, Any] = {"schema": schema}
+        # Stripe's brackets in the body too: `address[city]=...`, `metadata[order]=...`.
+        # Without it a form's object is exploded into bare keys (`city=...`), which the
+        # server refuses as unknown parameters.
+        encoding = {
+            name: {"style": "deepObject", "explode": True}
+            for name, prop in schema.get("properties", {}).items()
+            if _nested(prop)
+        }
+        if encoding:
+            form["encoding"] = encoding
         out["requestBody"] = {
             "required": bool(schema.get("required")),
-            "content": {"application/x-www-form-urlencoded": {"schema": schema}},
+            "content": {"application/x-www-form-urlencoded": form},
         }
         return out
     for name, prop in schema.get("properties", {}).items():
@@ -180,6 +193,143 @@ def _response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
         "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in HEADERS},
         "content": {"application/json": {"schema": schema}},
     }
+
+
+# -- links: where an answer's ids go next ------------------------------------------------
+#
+# Derived from the operations and answer schemas, never listed by hand: an operation that
+# retrieves one object (`GET .../{p}` answering with `X`) says that the path parameter `p`
+# names an `X`, and `X`'s `id` pattern gives its prefix (`pi_`). Then every id an answer
+# holds (by its pattern: `id`, `latest_charge`, `data/0/id`, ...) links to every operation
+# that takes an id of that kind: in its path, or as a body or query field named after the
+# kind (`payment_intent`) or after the answer field that holds that kind
+# (`configuration_overrides`).
+
+
+def add_links(paths: dict[str, Any], components: dict[str, Any]) -> None:
+    """Add OpenAPI links to the 200 answer of every operation whose answer holds ids."""
+    operations = [(path, method, op) for path, item in paths.items() for method, op in item.items()]
+    kinds: dict[str, str] = {}  # path parameter -> the object type it names
+    for path, method, op in operations:
+        last = re.fullmatch(r".*/{(\w+)}", path)
+        answer = _answer(op)
+        if method == "get" and last and "$ref" in answer:
+            kinds[last[1]] = _model(answer)
+    prefixes: dict[str, str] = {}  # id prefix -> object type
+    for kind in kinds.values():
+        prefix = _id_prefix(components[kind]["properties"]["id"])
+        if prefix is not None:
+            prefixes[prefix] = kind
+    consumers = [
+        (op["operationId"], where, name, kind)
+        for _, _, op in operations
+        for where, name, kind in _consumers(op, kinds, prefixes, components)
+    ]
+    for _, _, op in operations:
+        links: dict[str, Any] = {}
+        ids = _ids_in(_answer(op), "", components, prefixes, follow=True)
+        # The shortest way to an id wins: `id` before `refunds/data/0/charge`.
+        for pointer, kind in sorted(ids, key=lambda found: (len(found[0]), found[0])):
+            for target, where, name, wanted in consumers:
+                link_name = f"{target}.{name}"
+                if wanted != kind or link_name in links:
+                    continue
+                value = f"$response.body#{pointer}"
+                link: dict[str, Any] = {"operationId": target}
+                if where == "body":
+                    # OpenAPI's `requestBody` is a value or one expression; a reader such as
+                    # schemathesis also evaluates expressions inside the value, and merges it
+                    # into the body it makes: only this field comes from the answer.
+                    link["requestBody"] = {name: value}
+                else:
+                    link["parameters"] = {f"{where}.{name}": value}
+                links[link_name] = link
+        if links:
+            op["responses"]["200"]["links"] = dict(sorted(links.items()))
+
+
+def _answer(op: dict[str, Any]) -> dict[str, Any]:
+    schema: dict[str, Any] = op["responses"]["200"]["content"]["application/json"]["schema"]
+    return schema
+
+
+def _model(schema: dict[str, Any]) -> str:
+    return str(schema["$ref"]).rsplit("/", 1)[1]
+
+
+def _id_prefix(schema: dict[str, Any]) -> str | None:
+    found = re.match(r"\^([a-z]+)_", schema.get("pattern", ""))
+    return found[1] if found else None
+
+
+def _kind(schema: dict[str, Any], prefixes: dict[str, str]) -> str | None:
+    """The object type whose id `schema` holds, if it holds one."""
+    for option in [schema, *schema.get("anyOf", [])]:
+        kind = prefixes.get(_id_prefix(option) or "")
+        if kind is not None:
+            return kind
+    return None
+
+
+def _ids_in(
+    schema: dict[str, Any],
+    pointer: str,
+    components: dict[str, Any],
+    prefixes: dict[str, str],
+    *,
+    follow: bool,
+) -> Iterator[tuple[str, str]]:
+    """(JSON pointer, object type) of every id in an answer of `schema`.
+
+    References are followed at the top and into list items, not into expandable fields
+    (their id is found as the id itself).
+    """
+    if "$ref" in schema:
+        if not follow:
+            return
+        schema = components[_model(schema)]
+    kind = _kind(schema, prefixes)
+    if kind is not None:
+        yield pointer, kind
+        return
+    for name, sub in schema.get("properties", {}).items():
+        yield from _ids_in(sub, f"{pointer}/{name}", components, prefixes, follow=False)
+    if schema.get("type") == "array":
+        yield from _ids_in(schema["items"], f"{pointer}/0", components, prefixes, follow=True)
+
+
+def _consumers(
+    op: dict[str, Any], kinds: dict[str, str], prefixes: dict[str, str], components: dict[str, Any]
+) -> Iterator[tuple[str, str, str]]:
+    """(`path`, `query` or `body`, name, object type) of each id `op` takes."""
+    fields: dict[str, tuple[str, dict[str, Any]]] = {}
+    for param in op["parameters"]:
+        if param["in"] == "path" and param["name"] in kinds:
+            yield "path", param["name"], kinds[param["name"]]
+        elif param["in"] == "query":
+            fields[param["name"]] = ("query", param["schema"])
+    body = op.get("requestBody", {}).get("content", {}).get("application/x-www-form-urlencoded")
+    for name, sub in (body or {}).get("schema", {}).get("properties", {}).items():
+        fields[name] = ("body", sub)
+    # What the answer says a field holds: a Location's `configuration_overrides` is a
+    # Configuration's id, and so is the field of that name in the request.
+    answer = _answer(op)
+    if "$ref" not in answer:
+        answer = answer["properties"]["data"]["items"] if "data" in answer["properties"] else {}
+    answer_fields = components[_model(answer)]["properties"] if "$ref" in answer else {}
+    short_names = {kind.rsplit(".", 1)[-1]: kind for kind in kinds.values()}
+    for name, (where, sub) in fields.items():
+        if not _takes_text(sub):
+            continue
+        kind = short_names.get(name) or _kind(answer_fields.get(name, {}), prefixes)
+        if kind is not None:
+            yield where, name, kind
+
+
+def _takes_text(schema: dict[str, Any]) -> bool:
+    return schema.get("type") == "string" or any(
+        o.get("type") == "string" and "enum" not in o for o in schema.get("anyOf", [])
+    )
 
 
 def openapi_route(api: Api) -> Route:

@@ -58,6 +58,17 @@ Metadata = Annotated[
 ]
 MetadataParam = Metadata | Literal[""]
 
+
+def _form_bool(value: Any) -> Any:
+    if isinstance(value, str) and value not in ("true", "false"):
+        raise ValueError("must be true or false")
+    return value
+
+
+#: A boolean as a form carries it: `true` or `false`, as Stripe takes it and as the OpenAPI
+#: document says (pydantic alone would also take `0`, `1`, `yes`, `off`, ...).
+Bool = Annotated[bool, BeforeValidator(_form_bool)]
+
 Currency = Annotated[
     str, Field(pattern=r"^[a-zA-Z]{3}$", json_schema_extra={"enum": sorted(SUPPORTED)})
 ]

@@ -8,7 +8,17 @@ from pydantic import Field
 
 from ..api import Context, api
 from ..domain import payment_intents as domain
-from ..params import Amount, Currency, Email, Id, ListParams, MetadataParam, Params, ShortText
+from ..params import (
+    Amount,
+    Bool,
+    Currency,
+    Email,
+    Id,
+    ListParams,
+    MetadataParam,
+    Params,
+    ShortText,
+)
 from ..search import search_object
 from .common import list_object
 
@@ -18,7 +28,7 @@ CancellationReason = Literal["duplicate", "fraudulent", "requested_by_customer",
 
 
 class AutomaticPaymentMethods(Params):
-    enabled: bool
+    enabled: Bool
     allow_redirects: Literal["always", "never"] | None = None
 
 
@@ -26,7 +36,7 @@ class PaymentIntentCreate(Params):
     amount: Amount
     currency: Currency
     capture_method: CaptureMethod | None = None
-    confirm: bool | None = None
+    confirm: Bool | None = None
     description: ShortText | None = None
     metadata: MetadataParam | None = None
     payment_method: Id | None = None
@@ -36,7 +46,7 @@ class PaymentIntentCreate(Params):
     statement_descriptor: str | None = Field(None, max_length=22)
     statement_descriptor_suffix: str | None = Field(None, max_length=22)
     return_url: str | None = Field(None, max_length=2048)
-    off_session: bool | None = None
+    off_session: Bool | None = None
 
 
 class PaymentIntentUpdate(Params):
@@ -57,7 +67,7 @@ class PaymentIntentConfirm(Params):
     capture_method: CaptureMethod | None = None
     receipt_email: Email | None = None
     return_url: str | None = Field(None, max_length=2048)
-    off_session: bool | None = None
+    off_session: Bool | None = None
 
 
 class PaymentIntentCapture(Params):

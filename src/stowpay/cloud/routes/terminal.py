@@ -17,7 +17,7 @@ from ...wire.money import SUPPORTED
 from ..api import Context, api
 from ..domain import offline_ingest
 from ..domain import terminal as domain
-from ..params import Id, ListParams, MetadataParam, Params
+from ..params import Bool, Id, ListParams, MetadataParam, Params
 from .common import list_object
 
 Country = Annotated[str, Field(pattern=r"^[A-Za-z]{2}$")]
@@ -94,7 +94,7 @@ class LocationUpdate(Params):
 
 
 class TerminalOffline(Params):
-    enabled: bool
+    enabled: Bool
 
 
 def _known_currency(code: str) -> str:
@@ -133,7 +133,7 @@ class ConfigurationUpdate(Params):
 
 
 class ConfigurationList(ListParams):
-    is_account_default: bool | None = None
+    is_account_default: Bool | None = None
 
 
 class ReaderCreate(Params):

@@ -10,7 +10,7 @@ from ...wire.ids import random_token
 from ..api import Context, api
 from ..domain.events import public
 from ..domain.payment_intents import merge_metadata
-from ..params import ListParams, MetadataParam, Params, ShortText
+from ..params import Bool, ListParams, MetadataParam, Params, ShortText
 from .common import fetch, list_object
 
 Url = Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s]+$")]
@@ -30,7 +30,7 @@ class EndpointUpdate(Params):
     enabled_events: list[EventName] | None = Field(None, min_length=1, max_length=100)
     description: ShortText | None = None
     metadata: MetadataParam | None = None
-    disabled: bool | None = None
+    disabled: Bool | None = None
 
 
 @api.post(
