@@ -63,7 +63,7 @@ from stowpay.reader.vault import forward_key_for
 from stowpay.wire import formcodec
 from stowpay.wire import sealed as sealing
 
-EXAMPLES = int(os.environ.get("STOWPAY_DECODER_EXAMPLES", "1000"))
+EXAMPLES = int(os.environ.get("STOWPAY_DECODER_EXAMPLES", "500"))
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(300, EXAMPLES // 2))]
 

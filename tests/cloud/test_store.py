@@ -158,6 +158,7 @@ def test_a_thread_that_ends_gives_its_connection_back(sqlite_store: Store) -> No
         with sqlite_store.write() as tx:
             tx.idempotency_put("acct_1", "from-thread", _record())
 
+    gc.collect()  # garbage of earlier tests (their connections) is not this test's
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         th = threading.Thread(target=work)

@@ -13,6 +13,7 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import ValidationError
 from vault_kit import (
     ACCOUNT,
     CLOUD_PRIVATE,
@@ -519,6 +520,15 @@ def test_the_widest_display_the_vault_stores_is_one_the_cloud_takes(
     vault.store(payment(card=card(cardholder_name=None)))
     for record in vault.pending():
         DisplayBody.model_validate(record.display.as_dict())
+
+
+@pytest.mark.parametrize("field", ["cardholder_name", "brand", "read_method"])
+def test_the_cloud_refuses_a_card_number_in_shown_text(field: str) -> None:
+    # Found by the sealed-record fuzzer: a forwarded display's cardholder name that was a
+    # card number was stored on the PaymentMethod.
+    with pytest.raises(ValidationError):
+        DisplayBody.model_validate({field: "4242 4242 4242 4242"})
+    assert DisplayBody.model_validate({field: "visa"}).model_dump()[field] == "visa"
 
 
 def test_card_read_never_shows_its_number() -> None:

@@ -2,7 +2,7 @@
 
 The vault reads what is on its disk: record rows, the state row, the removed links, its local
 annotations (quarantine, card uses), the tip file and the device key. Each decoder here gets
-about 1,000 examples (`STOWPAY_DECODER_EXAMPLES` for more) of mutated input: bit flips,
+about 500 examples (`STOWPAY_DECODER_EXAMPLES` for more) of mutated input: bit flips,
 truncation, extension, NUL bytes, invalid UTF-8, JSON that is not an object or nests deeply,
 each column in every other SQLite storage class, 64-bit extremes and infinities, fields swapped
 within a row and between rows, rows moved to other sequences or copied there. What may
@@ -95,7 +95,7 @@ from stowpay.reader.vault import (
 )
 from stowpay.wire.clock import ManualClock
 
-EXAMPLES = int(os.environ.get("STOWPAY_DECODER_EXAMPLES", "1000"))
+EXAMPLES = int(os.environ.get("STOWPAY_DECODER_EXAMPLES", "500"))
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(300, EXAMPLES // 2))]
 

@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from ...wire.errors import ApiError, InvalidRequestError, StripeError
+from ...wire.metadata import contains_card_number
 from ..api import Context
 from ..domain import backlog, devices, terminal
 from ..domain.device_payments import LAN_URL_FIELD
@@ -63,7 +64,16 @@ def _ip(value: str) -> str:
         raise ValueError("not an IP address") from None
 
 
+def _no_card_number(value: str) -> str:
+    # Shown text is kept in the clear (on the PaymentMethod, on receipts): a reader never
+    # puts a card number there, and the cloud does not store one that arrives there.
+    if contains_card_number(value):
+        raise ValueError("must not contain a card number")
+    return value
+
+
 Name = Annotated[str, Field(min_length=1, max_length=200)]
+ShownText = Annotated[str, AfterValidator(_no_card_number)]
 IpAddress = Annotated[str, Field(max_length=64), AfterValidator(_ip)]
 Token = Annotated[str, Field(min_length=1, max_length=255)]
 
@@ -105,12 +115,12 @@ class RedeemBody(DeviceBody):
 
 
 class DisplayBody(DeviceBody):
-    brand: Annotated[str, Field(max_length=40)] | None = None
+    brand: Annotated[ShownText, Field(max_length=40)] | None = None
     last4: Annotated[str, Field(pattern=r"^[0-9]{4}$")] | None = None
     exp_month: Annotated[int, Field(ge=0, le=99)] | None = None
     exp_year: Annotated[int, Field(ge=0, le=9999)] | None = None
-    cardholder_name: Name | None = None
-    read_method: Annotated[str, Field(max_length=60)] | None = None
+    cardholder_name: Annotated[ShownText, Field(min_length=1, max_length=200)] | None = None
+    read_method: Annotated[ShownText, Field(max_length=60)] | None = None
     receipt: dict[str, Any] = Field(default_factory=dict)
 
 
