@@ -256,9 +256,14 @@ def test_reader_run_registers_serves_and_restarts_registered(
     while not httpx.get(url + "/v1/status").json()["registered"]:
         assert time.monotonic() < deadline, "the reader did not register"
         time.sleep(0.05)
-    result = CliRunner().invoke(main, ["reader", "status", "--reader", url, "--json"])
-    assert result.exit_code == 0, result.output
-    shown = json.loads(result.stdout)
+    # Registration is seen first; the reader fetches its Location just after.
+    while True:
+        result = CliRunner().invoke(main, ["reader", "status", "--reader", url, "--json"])
+        assert result.exit_code == 0, result.output
+        shown = json.loads(result.stdout)
+        if shown["location"] is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert shown["reader"] == reader.id and shown["location"] == location.id
     result = CliRunner().invoke(main, ["reader", "status", "--reader", url])
     assert result.exit_code == 0 and reader.id in result.output

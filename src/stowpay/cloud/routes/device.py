@@ -137,7 +137,7 @@ class RecordBody(DeviceBody):
     capture_method: Annotated[str, Field(min_length=1, max_length=40)]
     metadata: dict[str, str] = Field(default_factory=dict)
     description: Annotated[str, Field(max_length=5000)] | None = None
-    local_id: Token
+    local_id: Annotated[Token, AfterValidator(_no_card_number)]
     account: Token
     sealed: Annotated[str, Field(min_length=1, max_length=65536)]
     display: DisplayBody
