@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from stowpay.cloud.domain import device_payments
+from stowpay.reader import core, vault
 from stowpay.reader.core import Deliver, ReaderCore
 from stowpay.sim.runner import Runner
 
@@ -45,12 +46,22 @@ def _decline_unmarked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(device_payments, "settle_forwarded", settle_forwarded)
 
 
+def _local_ids_unchecked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the fix: a local id was any 128 random bits in hex; one in ~600 holds a digit run
+    the cloud refuses as a card number, and the batch carrying it was refused whole."""
+    mask = (1 << 128) - 1
+    monkeypatch.setattr(core, "new_local_id", lambda bits: f"pio_{bits() & mask:032x}")
+    # The vault's own check came with the fix: without it such an id was stored and forwarded.
+    monkeypatch.setattr(vault, "_id_problem", lambda local_id: None)
+
+
 #: (seed, what it found, how to take the fix out, what the checker then reports)
 CASES = [
     (6, "stuck after a restart: no wake", _subscribe_without_wake, "stuck"),
     (105, "store not drained: no wake", _subscribe_without_wake, "did not drain"),
     (113, "stuck after a restart: no wake", _subscribe_without_wake, "stuck"),
     (171, "late online confirm after a forwarded decline", _decline_unmarked, "duplicated"),
+    (947, "a local id read as a card number jammed forwarding", _local_ids_unchecked, "stuck"),
 ]
 
 

@@ -65,6 +65,7 @@ from .vault import (
     VaultFullError,
     VaultInputError,
     VaultWriteError,
+    new_local_id,
 )
 
 log = structlog.get_logger("stowpay.reader.core")
@@ -766,7 +767,7 @@ class ReaderCore:
         problem = metadata_limits.problem(dict(metadata or {}))
         if problem is not None:
             raise _invalid(*problem)
-        local_id = f"pio_{self.rng.getrandbits(128):032x}"
+        local_id = new_local_id(lambda: self.rng.getrandbits(128))
         created: dict[str, Any] | None = None
         if self._goes_online(offline_behavior):
             payment = OnlinePayment(

@@ -122,9 +122,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ..wire import metadata as metadata_limits
 from ..wire import sealed as sealing
 from ..wire.cards import luhn_ok
 from ..wire.clock import Clock
+from ..wire.metadata import contains_card_number
 from . import _durable
 from ._seal_pool import SealPool
 
@@ -996,9 +998,10 @@ class Vault:
         record is intact — `VaultInputError` for a payment that cannot be stored as given.
         """
         sealed_plain, display, metadata_text = _prepare(payment)
-        local_id = payment.local_id or "pio_" + uuid.uuid4().hex
-        if not _ID.fullmatch(local_id):
-            raise VaultInputError("local_id must be 1-255 letters, digits, '_' or '-'")
+        local_id = payment.local_id or new_local_id(lambda: uuid.uuid4().int)
+        problem = _id_problem(local_id)
+        if problem is not None:
+            raise VaultInputError(problem)
         with self._mutex:
             if self._store_refused is not None:
                 raise self._store_refused
@@ -2203,19 +2206,12 @@ def _stored_problem(p: StoredPayment) -> str | None:
     d = p.display
     checks = (
         (_ID.fullmatch(p.account) and _ID.fullmatch(p.reader), "account or reader"),
-        (_ID.fullmatch(p.local_id), "local_id"),
+        (_id_problem(p.local_id) is None, "local_id"),
         (0 < p.amount < (1 << 53), "amount"),
         (_CURRENCY.fullmatch(p.currency), "currency"),
         (p.capture_method in CAPTURE_METHODS, "capture_method"),
         (math.isfinite(p.stored_at) and p.stored_at >= 0, "stored_at"),
-        (
-            len(p.metadata) <= 50
-            and all(
-                0 < len(k) <= 40 and len(v) <= 500 and "[" not in k and "]" not in k
-                for k, v in p.metadata.items()
-            ),
-            "metadata",
-        ),
+        (metadata_limits.problem(p.metadata) is None, "metadata"),
         (p.description is None or len(p.description) <= 1000, "description"),
         (1 <= d.exp_month <= 12 and 2000 <= d.exp_year <= 2199, "expiry"),
         (len(d.last4) == 4 and d.last4.isascii() and d.last4.isdigit(), "last4"),
@@ -2228,12 +2224,37 @@ def _stored_problem(p: StoredPayment) -> str | None:
 def _display_problem(brand: str, cardholder_name: str | None, read_method: str) -> str | None:
     """The display field out of the bounds the cloud's device API takes, or None: a record
     the cloud would refuse must be refused at the sale, not stored and then stuck."""
-    if len(brand) > 40:
+    # The device API's own bounds, card-number check included (`ShownText` there): a record
+    # the vault keeps must be one the cloud takes, or it jams the batch it is forwarded in.
+    if len(brand) > 40 or contains_card_number(brand):
         return "brand"
-    if cardholder_name is not None and not 0 < len(cardholder_name) <= 200:
+    if cardholder_name is not None and (
+        not 0 < len(cardholder_name) <= 200 or contains_card_number(cardholder_name)
+    ):
         return "cardholder_name"
-    if len(read_method) > 60:
+    if len(read_method) > 60 or contains_card_number(read_method):
         return "read_method"
+    return None
+
+
+def new_local_id(random_128: Callable[[], int]) -> str:
+    """A payment's local id, `pio_` and 32 hex digits drawn from `random_128`.
+
+    About one draw in three hundred holds 13+ decimal digits passing Luhn, which the cloud
+    refuses anywhere it keeps text in the clear; such a draw is replaced.
+    """
+    while True:
+        local_id = f"pio_{random_128() & ((1 << 128) - 1):032x}"
+        if not contains_card_number(local_id):
+            return local_id
+
+
+def _id_problem(local_id: str) -> str | None:
+    """Why the cloud would refuse `local_id` as a payment's local id, or None."""
+    if not _ID.fullmatch(local_id):
+        return "local_id must be an id (letters, digits, '_', '-')"
+    if contains_card_number(local_id):
+        return "local_id must not contain a card number"
     return None
 
 
