@@ -541,7 +541,7 @@ def test_the_cloud_refuses_a_card_number_in_shown_text(field: str) -> None:
 def test_a_new_local_id_never_holds_what_the_cloud_reads_as_a_card_number() -> None:
     # Found by the simulator (seed 947): `pio_` + 32 random hex digits held a Luhn-valid run
     # of 13+ digits about once in 600 draws; the cloud refused the batch carrying it.
-    card_like = int("abcdefabcdefabcd" "4242424242424242", 16)
+    card_like = int("abcdefabcdefabcd4242424242424242", 16)
     assert contains_card_number(f"pio_{card_like:032x}")
     draws = iter([card_like, 0xABC])
     assert new_local_id(lambda: next(draws)) == f"pio_{0xABC:032x}"
