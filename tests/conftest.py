@@ -17,6 +17,13 @@ pytest_plugins = ["leak_scan"]
 POSTGRES_URL = os.environ.get("STOWPAY_TEST_POSTGRES_URL")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files holding a `slow` test first, each file's own order kept: the two xdist workers
+    take whole files, and a long one taken last leaves the other worker idle meanwhile."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 #: A migrated database made once per run; fresh databases are copies of it.
 _TEMPLATE: list[str] = []
 

@@ -20,10 +20,15 @@ What counts as a finding:
 Any finding fails the run (exit status 1) after printing where it was, masked. A directory
 holding a file named `.stowpay-planted` is skipped: tests that prove a scanner bites write
 their planted card numbers there.
+
+Under pytest-xdist (`-n 2`) each worker searches its own outputs, error bodies and temporary
+directory, and the process leading them adds the findings up; a worker that ends without
+reporting its search is itself a finding.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -156,6 +161,8 @@ class LeakScan:
 # -- the plugin ------------------------------------------------------------------------------
 
 _SCAN = LeakScan()
+#: Whether this process only gathers the findings of pytest-xdist workers.
+_LEADER = False
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -174,15 +181,43 @@ def pytest_configure(config: pytest.Config) -> None:
     StripeError.to_body = observed  # type: ignore[method-assign]
 
 
+def _leads_workers(config: pytest.Config) -> bool:
+    """Whether this process hands the tests to pytest-xdist workers (`-n`): then each worker
+    scans its own outputs, error bodies and files, and this process adds up their findings."""
+    return config.pluginmanager.getplugin("dsession") is not None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # After every plugin's `pytest_configure`: pytest-xdist registers its session there.
+    global _LEADER
+    _LEADER = _leads_workers(session.config)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if _LEADER:
+        return  # a worker's report, already scanned by that worker
     # A report repeats the sections of the phases before it: each is read once, at its phase.
     own = [(title, text) for title, text in report.sections if title.endswith(report.when)]
     _SCAN.scan_sections(report.nodeid, own)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """A worker finished (pytest-xdist): take in what its scan found."""
+    done = getattr(node, "workeroutput", {}).get("leak_scan")
+    if done is None:
+        # A worker that died before its session ended scanned nothing: say so, loudly.
+        _SCAN.findings.append(f"worker {getattr(node, 'gateway', node)} ended without a scan")
+        return
+    _SCAN.findings += done["findings"]
+    _SCAN.sections += done["sections"]
+    _SCAN.error_bodies += done["error_bodies"]
+    _SCAN.files += done["files"]
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     factory = getattr(session.config, "_tmp_path_factory", None)
-    if factory is not None:
+    if factory is not None and not _LEADER:
         try:
             root = factory.getbasetemp()
         except (OSError, ValueError):
@@ -191,6 +226,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             files = list(_files(root))
             _SCAN.files += len(files)
             _SCAN.findings += scan_files(root)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["leak_scan"] = dataclasses.asdict(_SCAN)
     if _SCAN.findings and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

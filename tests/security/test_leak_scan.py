@@ -126,7 +126,9 @@ def test_error_body():
 """
 
 
-def inner_run(planted: Path, **values: str) -> subprocess.CompletedProcess[str]:
+def inner_run(
+    planted: Path, workers: list[str], **values: str
+) -> subprocess.CompletedProcess[str]:
     lines = [f"{name} = {value!r}" for name, value in values.items()]
     (planted / "test_inner.py").write_text("\n".join(lines) + textwrap.dedent(INNER))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)])}
@@ -142,6 +144,7 @@ def inner_run(planted: Path, **values: str) -> subprocess.CompletedProcess[str]:
             "no:cacheprovider",
             f"--basetemp={planted / 'inner'}",
             f"--rootdir={planted}",
+            *workers,
             str(planted / "test_inner.py"),
         ],
         cwd=planted,
@@ -161,8 +164,12 @@ CLEAN = {
 
 
 @pytest.mark.slow
-def test_the_plugin_passes_a_clean_run_and_fails_a_leaking_one(planted: Path) -> None:
-    clean = inner_run(planted, **CLEAN)
+@pytest.mark.parametrize("workers", [["-n", "0"], ["-n", "2"]], ids=["one process", "xdist"])
+def test_the_plugin_passes_a_clean_run_and_fails_a_leaking_one(
+    planted: Path, workers: list[str]
+) -> None:
+    # Under xdist each worker scans and the leading process adds up: the same four findings.
+    clean = inner_run(planted, workers, **CLEAN)
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "findings = 0" in clean.stdout
     leaks = {
@@ -171,7 +178,7 @@ def test_the_plugin_passes_a_clean_run_and_fails_a_leaking_one(planted: Path) ->
         "LOGGED": "key rdk_test_" + "x" * 24,
         "MESSAGE": "bad card 5555555555554444",
     }
-    run = inner_run(planted, **leaks)
+    run = inner_run(planted, workers, **leaks)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "findings = 4" in run.stdout, run.stdout
     for where in ("reader.log:", "test_prints (Captured stdout", "test_logs (Captured log"):

@@ -50,6 +50,7 @@ def runner() -> Iterator[Runner]:
         yield r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start", range(0, SEEDS, CHUNK))
 def test_every_seed_charges_each_payment_once(runner: Runner, start: int) -> None:
     kinds, crash_points, totals = _SEEN["kinds"], _SEEN["crash_points"], _SEEN["totals"]
