@@ -126,9 +126,7 @@ def test_error_body():
 """
 
 
-def inner_run(
-    planted: Path, workers: list[str], **values: str
-) -> subprocess.CompletedProcess[str]:
+def inner_run(planted: Path, workers: list[str], **values: str) -> subprocess.CompletedProcess[str]:
     lines = [f"{name} = {value!r}" for name, value in values.items()]
     (planted / "test_inner.py").write_text("\n".join(lines) + textwrap.dedent(INNER))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)])}
