@@ -30,6 +30,7 @@ from ..wire.errors import (
     PermissionDeniedError,
     StripeError,
 )
+from ..wire.metadata import contains_card_number
 from .api import Context, Operation, api
 from .domain import terminal as terminal_domain
 from .domain.accounts import key_hash
@@ -132,6 +133,12 @@ class Cloud:
                         f"Idempotency keys must be 1 to {MAX_IDEMPOTENCY_KEY} characters long.",
                         param="Idempotency-Key",
                     )
+                if contains_card_number(key):
+                    # The key is stored with the answer and quoted in a mismatch's error.
+                    raise InvalidRequestError(
+                        "Idempotency keys must not contain a card number.",
+                        param="Idempotency-Key",
+                    )
                 claim = (account["id"], key)
                 if claim in self.in_flight:
                     claim = None
@@ -195,6 +202,14 @@ class Cloud:
             isinstance(expand_paths, list) and all(isinstance(p, str) for p in expand_paths)
         ):
             raise InvalidRequestError("Invalid array", param="expand")
+        for i, path in enumerate(expand_paths or ()):
+            if contains_card_number(path):
+                # An unknown path is quoted back in its error; a card number must not be.
+                raise InvalidRequestError(
+                    f"Invalid expand[{i}]: must not contain a card number.",
+                    param=f"expand[{i}]",
+                    code="parameter_invalid",
+                )
         fingerprint = _fingerprint(op, _url_path(scope), raw, expand_paths)
         writes = op.method != "GET"
         with self.store.write() if writes else self.store.read() as tx:

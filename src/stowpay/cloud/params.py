@@ -153,9 +153,45 @@ class ListParams(Params):
 def validate(model: type[Params], raw: dict[str, Any]) -> Params:
     """Validate raw form params; raise Stripe's error for the first problem."""
     try:
-        return model.model_validate(raw)
+        params = model.model_validate(raw)
     except ValidationError as exc:
         raise _to_stripe_error(exc, raw) from None
+    where = _card_number_at(params, [])
+    if where is not None:
+        param = where[0] + "".join(f"[{p}]" for p in where[1:])
+        raise InvalidRequestError(
+            f"Invalid {param}: must not contain a card number.",
+            code="parameter_invalid",
+            param=param,
+        )
+    return params
+
+
+def _card_number_at(value: Any, path: list[str]) -> list[str] | None:
+    """Where a text parameter holds a card number (its path as the client wrote it), or None.
+
+    What a request carries is kept in the clear (an address, a description, a label) or
+    quoted back in an error; a card number must be neither. Numbers are checked as text only
+    where they are text: `amount` or `created[gte]` arrive here as integers.
+    """
+    if isinstance(value, str):
+        return path if metadata_limits.contains_card_number(value) else None
+    if isinstance(value, BaseModel):
+        for name, field in type(value).model_fields.items():
+            found = _card_number_at(getattr(value, name), [*path, field.alias or name])
+            if found is not None:
+                return found
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = _card_number_at(item, [*path, str(key)])
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _card_number_at(item, [*path, str(index)])
+            if found is not None:
+                return found
+    return None
 
 
 def _param_path(loc: tuple[int | str, ...], raw: Any, *, missing: bool) -> list[str]:

@@ -124,7 +124,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..wire import metadata as metadata_limits
 from ..wire import sealed as sealing
-from ..wire.cards import luhn_ok
 from ..wire.clock import Clock
 from ..wire.metadata import contains_card_number
 from . import _durable
@@ -169,7 +168,6 @@ RECEIPT_CHIP_FIELDS = frozenset(
         "transaction_status_information",
     }
 )
-_DIGIT_RUN = re.compile(r"\d(?:[ \-]?\d){12,18}(?!\d)")
 #: Room for the pages a store can add beyond its bytes (b-tree splits in the record table,
 #: its index and card_uses, an overflow page's slack): 16 of the largest pages SQLite has,
 #: far more than one insert can take.
@@ -2212,7 +2210,11 @@ def _stored_problem(p: StoredPayment) -> str | None:
         (p.capture_method in CAPTURE_METHODS, "capture_method"),
         (math.isfinite(p.stored_at) and p.stored_at >= 0, "stored_at"),
         (metadata_limits.problem(p.metadata) is None, "metadata"),
-        (p.description is None or len(p.description) <= 1000, "description"),
+        (
+            p.description is None
+            or (len(p.description) <= 1000 and not contains_card_number(p.description)),
+            "description",
+        ),
         (1 <= d.exp_month <= 12 and 2000 <= d.exp_year <= 2199, "expiry"),
         (len(d.last4) == 4 and d.last4.isascii() and d.last4.isdigit(), "last4"),
         (_display_problem(d.brand, d.cardholder_name, d.read_method) is None, "card display"),
@@ -2270,13 +2272,11 @@ def _code_name(exc: BaseException) -> str | None:
 
 
 def _looks_like_pan(text: str, number: str) -> bool:
+    """Whether `text` holds this card's number (however split) or any card number as the
+    cloud reads one: the vault refuses exactly what the cloud would, and this card too."""
     if number and number in text.replace(" ", "").replace("-", ""):
         return True
-    for match in _DIGIT_RUN.finditer(text):
-        digits = match.group().replace(" ", "").replace("-", "")
-        if luhn_ok(digits):
-            return True
-    return False
+    return contains_card_number(text)
 
 
 def _prepare(payment: OfflinePayment) -> tuple[bytes, CardDisplay, str]:
@@ -2336,6 +2336,8 @@ def _prepare(payment: OfflinePayment) -> tuple[bytes, CardDisplay, str]:
         [card.brand, card.cardholder_name, card.read_method, free, p.description]
     )
     for text in (metadata_text, shown_text):
+        # What the cloud would refuse must not be stored, or the batch carrying it is
+        # refused whole and the payments behind it wait.
         if _looks_like_pan(text, number):
             raise VaultInputError("a card number must not appear outside the sealed card data")
     if any(number in v for v in chip.values()):

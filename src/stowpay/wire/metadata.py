@@ -2,8 +2,12 @@
 
 At most 50 keys; a key is 1 to 40 characters without square brackets (they would read as
 nesting on the wire); a value is a string of at most 500 characters. A value that holds a
-card number (13 to 19 digits, spaces or dashes allowed between them, passing the Luhn check)
-is refused: metadata is stored and shown in the clear, and a card number must never be.
+card number is refused: metadata is stored and shown in the clear, and a card number must
+never be. A card number here is 13 to 19 digits starting with 2 to 6 (the networks' first
+digits) and passing the Luhn check, written in one run or in the groups cards are printed
+in (4-4-4-4 and its shorter or longer forms, Amex's 4-6-5), split by spaces or dashes.
+Other groupings are not read across: a UUID's 8-4-4-4-12 digits, a date, a phone number
+(one UUID in 340 held 13 to 19 Luhn-valid digits across its groups).
 """
 
 from __future__ import annotations
@@ -22,11 +26,20 @@ _GROUPS = re.compile(r"[0-9]+(?:[ -][0-9]+)*")
 _SEPARATOR = re.compile(r"[ -]")
 #: A digit doubled, with the digits of the product summed (Luhn's rule).
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
+#: The groups a card number is printed in, beyond one run of digits.
+_GROUPINGS = frozenset(
+    {(4, 4, 4, n) for n in range(1, 5)}
+    | {(4, 4, 4, 4, n) for n in range(1, 4)}
+    | {(4, 6, 5), (4, 6, 4)}
+)
+#: First digits of the card networks (Mastercard's 2-series, Amex and JCB, Visa, Mastercard,
+#: Discover and UnionPay).
+_FIRST_DIGITS = frozenset(range(2, 7))
 
 
 def contains_card_number(text: str) -> bool:
-    """Whether `text` holds a card number: whole groups of digits, one after another, that
-    make 13 to 19 digits passing the Luhn check."""
+    """Whether `text` holds a card number: a run of 13 to 19 digits, or whole groups of digits
+    one after another in a card's grouping, starting with 2 to 6 and passing the Luhn check."""
     if len(text) < 13:
         return False  # too short to hold 13 digits: most keys and values, found at once
     for m in _GROUPS.finditer(text):
@@ -51,13 +64,18 @@ def _any_card_number(groups: list[str]) -> bool:
     for group in groups:
         starts.append(starts[-1] + len(group))
     for i, a in enumerate(starts[:-1]):
-        for b in starts[i + 1 :]:
+        if digits[a] not in _FIRST_DIGITS:
+            continue
+        for j, b in enumerate(starts[i + 1 :], start=i + 1):
             if b - a > 19:
                 break
-            if b - a >= 13:
-                sums = even if b % 2 == 0 else odd
-                if (sums[b] - sums[a]) % 10 == 0:
-                    return True
+            if b - a < 13:
+                continue
+            if j - i > 1 and tuple(len(g) for g in groups[i:j]) not in _GROUPINGS:
+                continue
+            sums = even if b % 2 == 0 else odd
+            if (sums[b] - sums[a]) % 10 == 0:
+                return True
     return False
 
 

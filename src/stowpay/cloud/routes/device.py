@@ -136,7 +136,7 @@ class RecordBody(DeviceBody):
     currency: Annotated[str, Field(min_length=1, max_length=10)]
     capture_method: Annotated[str, Field(min_length=1, max_length=40)]
     metadata: dict[str, str] = Field(default_factory=dict)
-    description: Annotated[str, Field(max_length=5000)] | None = None
+    description: Annotated[ShownText, Field(max_length=5000)] | None = None
     local_id: Annotated[Token, AfterValidator(_no_card_number)]
     account: Token
     sealed: Annotated[str, Field(min_length=1, max_length=65536)]
