@@ -192,12 +192,17 @@ def _oracle(text: str) -> bool:
     """Whole groups of digits in a row (split by single spaces or dashes), one group or a
     card's grouping, that make 13 to 19 digits starting with 2-6 and pass Luhn: every window
     tried, the slow way."""
-    for run in re.findall(r"[0-9]+(?:[ -][0-9]+)*", text):
-        groups = re.split(r"[ -]", run)
+    for m in re.finditer(r"[0-9]+(?:[ -][0-9]+)*", text):
+        groups = re.split(r"[ -]", m.group())
+        glued_start = text[m.start() - 1 : m.start()].isalpha()
+        glued_end = text[m.end() : m.end() + 1].isalpha()
         for i in range(len(groups)):
             for j in range(i + 1, len(groups) + 1):
                 digits = "".join(groups[i:j])
-                grouped = j - i == 1 or tuple(len(g) for g in groups[i:j]) in CARD_GROUPINGS
+                glued = (i == 0 and glued_start) or (j == len(groups) and glued_end)
+                grouped = j - i == 1 or (
+                    tuple(len(g) for g in groups[i:j]) in CARD_GROUPINGS and not glued
+                )
                 network = 13 <= len(digits) <= 19 and digits[0] in "23456"
                 if network and grouped and luhn_ok(digits):
                     return True
@@ -215,6 +220,7 @@ def _with_check_digit(prefix: str) -> str:
         # order id like these was refused as metadata, offline at the sale too.
         "f31aeb00-4982-4407-8941-965096ee86ef",
         "313874cd-dfbc-423d-b246-548991270564",
+        "0e7c1b8e-5121-4066-8447-34ef2b4bd38a",  # 4-4-4-2 up to letters
         _with_check_digit("178000000012"),  # a time in milliseconds
         "call 0049-1234-5678-901",  # a phone number: its grouping is no card's
     ],

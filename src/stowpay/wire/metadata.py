@@ -6,8 +6,9 @@ card number is refused: metadata is stored and shown in the clear, and a card nu
 never be. A card number here is 13 to 19 digits starting with 2 to 6 (the networks' first
 digits) and passing the Luhn check, written in one run or in the groups cards are printed
 in (4-4-4-4 and its shorter or longer forms, Amex's 4-6-5), split by spaces or dashes.
-Other groupings are not read across: a UUID's 8-4-4-4-12 digits, a date, a phone number
-(one UUID in 340 held 13 to 19 Luhn-valid digits across its groups).
+Other groupings are not read across, nor groups glued to letters: a UUID's 8-4-4-4-12
+characters, a date, a phone number (one UUID in 340 held 13 to 19 Luhn-valid digits across
+its groups). One run of digits counts wherever it stands, inside a word too.
 """
 
 from __future__ import annotations
@@ -46,12 +47,16 @@ def contains_card_number(text: str) -> bool:
         if len(m.group()) < 13:
             continue  # a run of digits and separators shorter than any card number
         groups = _SEPARATOR.split(m.group())
-        if _any_card_number(groups):
+        # Groups glued to a word are part of something else: a UUID's "…-4407-8941-9650-96ee…"
+        # reads as 4-4-4-2, but its last group runs on into letters.
+        closed_start = m.start() == 0 or not text[m.start() - 1].isalpha()
+        closed_end = m.end() == len(text) or not text[m.end()].isalpha()
+        if _any_card_number(groups, closed_start, closed_end):
             return True
     return False
 
 
-def _any_card_number(groups: list[str]) -> bool:
+def _any_card_number(groups: list[str], closed_start: bool, closed_end: bool) -> bool:
     # Prefix sums give the Luhn sum of any window in one step: `even[k]` sums the first k
     # digits with those at even indexes doubled, `odd[k]` with those at odd indexes doubled.
     # A window ending at index b (exclusive) doubles the indexes of b's parity.
@@ -71,7 +76,11 @@ def _any_card_number(groups: list[str]) -> bool:
                 break
             if b - a < 13:
                 continue
-            if j - i > 1 and tuple(len(g) for g in groups[i:j]) not in _GROUPINGS:
+            if j - i > 1 and (
+                tuple(len(g) for g in groups[i:j]) not in _GROUPINGS
+                or (i == 0 and not closed_start)
+                or (j == len(groups) and not closed_end)
+            ):
                 continue
             sums = even if b % 2 == 0 else odd
             if (sums[b] - sums[a]) % 10 == 0:
