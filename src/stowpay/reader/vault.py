@@ -2242,8 +2242,9 @@ def _display_problem(brand: str, cardholder_name: str | None, read_method: str) 
 def new_local_id(random_128: Callable[[], int]) -> str:
     """A payment's local id, `pio_` and 32 hex digits drawn from `random_128`.
 
-    About one draw in three hundred holds 13+ decimal digits passing Luhn, which the cloud
-    refuses anywhere it keeps text in the clear; such a draw is replaced.
+    About one draw in 1,200 holds a card number as `contains_card_number` reads one (a run of
+    13-19 digits starting 2-6, passing Luhn), which the cloud refuses anywhere it keeps text
+    in the clear; such a draw is replaced.
     """
     while True:
         local_id = f"pio_{random_128() & ((1 << 128) - 1):032x}"
