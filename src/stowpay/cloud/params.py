@@ -6,6 +6,7 @@ becomes Stripe's error naming the parameter the way the client wrote it (`metada
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -176,21 +177,20 @@ def _card_number_at(value: Any, path: list[str]) -> list[str] | None:
     """
     if isinstance(value, str):
         return path if metadata_limits.contains_card_number(value) else None
+    items: Iterable[tuple[str, Any]]
     if isinstance(value, BaseModel):
-        for name, field in type(value).model_fields.items():
-            found = _card_number_at(getattr(value, name), [*path, field.alias or name])
-            if found is not None:
-                return found
+        fields = type(value).model_fields.items()
+        items = ((field.alias or name, getattr(value, name)) for name, field in fields)
     elif isinstance(value, dict):
-        for key, item in value.items():
-            found = _card_number_at(item, [*path, str(key)])
-            if found is not None:
-                return found
+        items = ((str(key), item) for key, item in value.items())
     elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            found = _card_number_at(item, [*path, str(index)])
-            if found is not None:
-                return found
+        items = ((str(index), item) for index, item in enumerate(value))
+    else:
+        return None
+    for key, item in items:
+        found = _card_number_at(item, [*path, key])
+        if found is not None:
+            return found
     return None
 
 

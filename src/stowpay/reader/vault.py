@@ -2307,15 +2307,7 @@ def _prepare(payment: OfflinePayment) -> tuple[bytes, CardDisplay, str]:
             raise VaultInputError(f"EMV tag {upper} carries track or PIN data; never stored")
         emv[upper] = value.upper()
     metadata = dict(p.metadata)
-    if len(metadata) > 50 or any(
-        not isinstance(k, str)
-        or not isinstance(v, str)
-        or not 0 < len(k) <= 40
-        or len(v) > 500
-        or "[" in k
-        or "]" in k
-        for k, v in metadata.items()
-    ):
+    if metadata_limits.problem(metadata) is not None:  # the cloud's rules, shared
         raise VaultInputError("metadata: at most 50 string keys (<=40, no brackets), values <=500")
     if p.description is not None and len(p.description) > 1000:
         raise VaultInputError("description is longer than 1000 characters")
