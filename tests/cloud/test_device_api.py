@@ -695,35 +695,81 @@ def test_bodies_that_are_not_json_objects(live: LiveCloud, raw: bytes, code: str
 
 
 @pytest.mark.parametrize(
-    ("change", "param"),
+    ("record", "param"),
     [
         ({"sequence": "7"}, "records[0][sequence]"),
         ({"sequence": 0}, "records[0][sequence]"),
         ({"sequence": True}, "records[0][sequence]"),
-        ({"amount": 12.5}, "records[0][amount]"),
-        ({"amount": 2**64}, "records[0][amount]"),
-        ({"metadata": {"k": 1}}, "records[0][metadata][k]"),
-        ({"sealed": "not base64!"}, "records[0][sealed]"),
-        ({"display": {"last4": 4242}}, "records[0][display][last4]"),
-        ({"display": "visa"}, "records[0][display]"),
-        ({"extra": 1}, "records[0][extra]"),
-        ({"forward_key": None}, "records[0][forward_key]"),
+        ({"sequence": None}, "records[0][sequence]"),
+        ({}, "records[0][sequence]"),
+        ("visa", "records[0]"),
     ],
 )
-def test_records_of_the_wrong_shape(live: LiveCloud, change: dict[str, Any], param: str) -> None:
+def test_a_record_whose_sequence_cannot_be_read_refuses_the_batch(
+    live: LiveCloud, tills: Any, record: Any, param: str
+) -> None:
     device = register(live)
-    r = forward(live, device, [_record(device, **change)])
+    fine = forward_document(tills(live, device).take(order="S-1"))
+    odd = dict(_record(device), **record) if isinstance(record, dict) else record
+    if record == {}:
+        del odd["sequence"]
+    r = forward(live, device, [odd, fine])
     assert r.status_code == 400 and r.json()["error"]["param"] == param
     assert intents(device) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"amount": 12.5}, "amount"),
+        ({"amount": 2**64}, "amount"),
+        ({"metadata": {"k": 1}}, "metadata[k]"),
+        ({"sealed": "not base64!"}, "sealed"),
+        ({"display": {"last4": 4242}}, "display[last4]"),
+        ({"display": "visa"}, "display"),
+        ({"extra": 1}, "extra"),
+        ({"forward_key": None}, "forward_key"),
+        ({"local_id": "pio_4242424242424242"}, "local_id"),
+        ({"description": "card 4242 4242 4242 4242"}, "description"),
+    ],
+)
+def test_a_record_of_the_wrong_shape_is_rejected_alone(
+    live: LiveCloud, tills: Any, change: dict[str, Any], param: str
+) -> None:
+    """A rule the cloud holds and a reader did not costs that one record, never the payments
+    forwarded with it (a whole-batch 400 would hold every one of them on the reader)."""
+    device = register(live)
+    till = tills(live, device)
+    odd = forward_document(till.take(order="W-1"))
+    odd.update(change)
+    fine = forward_document(till.take(order="W-2"))
+    got = outcomes(forward(live, device, [odd, fine]))
+    assert [o["status"] for o in got] == ["rejected", "approved"]
+    assert [o["sequence"] for o in got] == [odd["sequence"], fine["sequence"]]
+    assert got[0]["error"]["param"] == param and got[0]["payment_intent"] is None
+    assert [pi.metadata["order_id"] for pi in intents(device)] == ["W-2"]
+    # Kept for the merchant, with what of it was valid, and never a card number.
+    (kept,) = offline_rejections(device)["data"]
+    assert kept["sequence"] == odd["sequence"] and kept["error"]["param"] == param
+    assert kept["amount"] == (odd["amount"] if param != "amount" else 0)
+    assert kept["local_id"] == (odd["local_id"] if param != "local_id" else "")
+    assert "4242424242424242" not in json.dumps(kept).replace(" ", "")
+    # The same record again gets the same rejection; the genuine one is still charged.
+    (again,) = outcomes(forward(live, device, [odd]))
+    assert again["status"] == "rejected" and again["replayed"]
+    genuine = forward_document(till.vault.pending(1)[0])
+    assert genuine["sequence"] == odd["sequence"]
+    (charged,) = outcomes(forward(live, device, [genuine]))
+    assert charged["status"] == "approved"
 
 
 def test_missing_fields_and_oversize_batches(live: LiveCloud) -> None:
     device = register(live)
     record = _record(device)
     del record["local_id"]
-    r = forward(live, device, [record])
-    assert r.status_code == 400 and error_code(r) == "parameter_missing"
-    assert r.json()["error"]["param"] == "records[0][local_id]"
+    (missing,) = outcomes(forward(live, device, [record]))
+    assert missing["status"] == "rejected" and missing["error"]["code"] == "parameter_missing"
+    assert missing["error"]["param"] == "local_id"
 
     r = post(live, "/offline_payments", {"connection_token": "pst_test_x"}, key=device.key)
     assert r.status_code == 400 and r.json()["error"]["param"] == "records"

@@ -249,12 +249,52 @@ class ArrivedRecord:
         )
 
 
+@dataclass(frozen=True)
+class MalformedRecord:
+    """A forwarded record of a shape no record has (a field missing, of the wrong type, or
+    holding a card number), under a sequence that could be read: rejected alone, never
+    charged, so one such record never holds back the records forwarded with it.
+
+    `stored_at`, `amount`, `currency` and `local_id` are the record's where each is valid on
+    its own (else 0 or empty): they are kept with the rejection for the merchant, and
+    nothing else of the record is. `digest` is made from everything that arrived.
+    """
+
+    sequence: int
+    stored_at: float
+    amount: int
+    currency: str
+    local_id: str
+    digest: str
+    error: dict[str, Any]
+
+    def payment(self) -> ForwardedPayment:
+        """The record as far as its rejection needs it."""
+        return ForwardedPayment(
+            sequence=self.sequence,
+            stored_at=self.stored_at,
+            amount=self.amount,
+            currency=self.currency,
+            capture_method="",
+            metadata={},
+            description=None,
+            local_id=self.local_id,
+            sealed=b"",
+            display={},
+            digest=self.digest,
+        )
+
+
 def _error(code: str, message: str) -> dict[str, Any]:
     return {"type": "invalid_request_error", "code": code, "message": message}
 
 
-def _refusal(ctx: Context, reader_id: str, record: ArrivedRecord) -> Outcome | None:
+def _refusal(
+    ctx: Context, reader_id: str, record: ArrivedRecord | MalformedRecord
+) -> Outcome | None:
     """Why this reader may not forward this record (an outcome, kept), or None."""
+    if isinstance(record, MalformedRecord):
+        return keep_rejection(ctx, reader_id, record.payment(), record.error)
     error: dict[str, Any] | None = None
     if record.account != ctx.account_id:
         error = _error(
@@ -283,11 +323,13 @@ def _refusal(ctx: Context, reader_id: str, record: ArrivedRecord) -> Outcome | N
 def forward(
     ctx: Context,
     reader: dict[str, Any],
-    records: Sequence[ArrivedRecord],
+    records: Sequence[ArrivedRecord | MalformedRecord],
     *,
     connection_token: str | None,
 ) -> list[dict[str, Any]]:
     """Ingest a batch in the caller's transaction: one outcome per record, in order.
+
+    A `MalformedRecord` is rejected (and kept) like a record of another account.
 
     With a `connection_token` (the connected POS's), it is redeemed first, and one of
     another account refuses the whole batch (403 `account_id_mismatch`) before anything is
@@ -304,7 +346,11 @@ def forward(
                 code="account_id_mismatch",
             )
     refusals = [_refusal(ctx, reader["id"], r) for r in records]
-    accepted = [r.payment() for r, refused in zip(records, refusals, strict=True) if not refused]
+    accepted = [
+        r.payment()
+        for r, refused in zip(records, refusals, strict=True)
+        if not refused and isinstance(r, ArrivedRecord)
+    ]
     ingested: list[Outcome] = []
     if accepted:
         private = private_sealing_key(ctx.tx, ctx.clock)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import ipaddress
 import json
 import weakref
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import structlog
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -129,15 +130,21 @@ class DisplayBody(DeviceBody):
 Int64 = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
+RecordSequence = Annotated[int, Field(ge=1, le=2**63 - 1)]
+StoredAt = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Currency = Annotated[str, Field(min_length=1, max_length=10)]
+LocalId = Annotated[Token, AfterValidator(_no_card_number)]
+
+
 class RecordBody(DeviceBody):
-    sequence: Annotated[int, Field(ge=1, le=2**63 - 1)]
-    stored_at: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    sequence: RecordSequence
+    stored_at: StoredAt
     amount: Int64
-    currency: Annotated[str, Field(min_length=1, max_length=10)]
+    currency: Currency
     capture_method: Annotated[str, Field(min_length=1, max_length=40)]
     metadata: dict[str, str] = Field(default_factory=dict)
     description: Annotated[ShownText, Field(max_length=5000)] | None = None
-    local_id: Annotated[Token, AfterValidator(_no_card_number)]
+    local_id: LocalId
     account: Token
     sealed: Annotated[str, Field(min_length=1, max_length=65536)]
     display: DisplayBody
@@ -146,14 +153,30 @@ class RecordBody(DeviceBody):
 
 class ForwardBody(DeviceBody):
     connection_token: Token | None = None
-    records: Annotated[list[RecordBody], Field(max_length=MAX_RECORDS)]
+    #: checked one by one (`_record`): a record of the wrong shape is rejected alone
+    records: Annotated[list[Any], Field(max_length=MAX_RECORDS)]
 
 
-def _invalid(exc: ValidationError) -> InvalidRequestError:
-    """Stripe's error for the first problem, naming the field as `records[3][amount]`."""
+def _strict(annotation: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(annotation, config=ConfigDict(strict=True))
+
+
+_SEQUENCE = _strict(RecordSequence)
+#: What a malformed record's rejection keeps of it, each field where valid on its own.
+_KEPT: dict[str, tuple[TypeAdapter[Any], Any]] = {
+    "stored_at": (_strict(StoredAt), 0.0),
+    "amount": (_strict(Int64), 0),
+    "currency": (_strict(Currency), ""),
+    "local_id": (_strict(LocalId), ""),
+}
+
+
+def _invalid(exc: ValidationError, within: tuple[str | int, ...] = ()) -> InvalidRequestError:
+    """Stripe's error for the first problem, naming the field as `records[3][amount]`
+    (`within` is where the validated value sits in the body)."""
     err = exc.errors(include_url=False)[0]
     # A dict key's own error ends in "[key]": the key is named, as `metadata[note]`.
-    parts = [str(p) for p in err["loc"] if p != "[key]"]
+    parts = [str(p) for p in (*within, *err["loc"]) if p != "[key]"]
     param = parts[0] + "".join(f"[{p}]" for p in parts[1:]) if parts else ""
     kind = err["type"]
     if kind == "missing":
@@ -207,14 +230,67 @@ def parse(body: bytes, model: type[Model]) -> Model:
         raise _invalid(exc) from None
 
 
-def _arrived(index: int, record: RecordBody) -> devices.ArrivedRecord:
+def _record(index: int, raw: Any) -> devices.ArrivedRecord | devices.MalformedRecord:
+    """One forwarded record, checked on its own.
+
+    A record of the wrong shape is rejected alone (`MalformedRecord`), so that a rule the
+    cloud holds and a reader did not (an older reader, a newer cloud) costs that record, not
+    every payment forwarded after it. Only a record whose sequence cannot be read refuses
+    the whole batch (400): its outcome could not be named.
+    """
+    if not isinstance(raw, dict):
+        raise InvalidRequestError(
+            f"Invalid records[{index}]: must be a JSON object.",
+            code="parameter_invalid",
+            param=f"records[{index}]",
+        )
+    if "sequence" not in raw:
+        param = f"records[{index}][sequence]"
+        raise InvalidRequestError(
+            f"Missing required param: {param}.", code="parameter_missing", param=param
+        )
+    try:
+        sequence = _SEQUENCE.validate_python(raw["sequence"])
+    except ValidationError as exc:
+        raise _invalid(exc, ("records", index, "sequence")) from None
+    try:
+        return _arrived(RecordBody.model_validate(raw))
+    except ValidationError as exc:
+        error = _invalid(exc)
+    except InvalidRequestError as exc:
+        error = exc
+    try:
+        canonical = json.dumps(raw, sort_keys=True).encode()
+    except (ValueError, RecursionError):
+        raise error from None
+    kept = {
+        name: _valid_or(adapter, raw.get(name), empty) for name, (adapter, empty) in _KEPT.items()
+    }
+    return devices.MalformedRecord(
+        sequence=sequence,
+        stored_at=kept["stored_at"],
+        amount=kept["amount"],
+        currency=kept["currency"],
+        local_id=kept["local_id"],
+        # Its own domain: never the digest of a well-formed record (`digest_of`).
+        digest="malformed_" + hashlib.sha256(canonical).hexdigest(),
+        error=error.to_body()["error"],
+    )
+
+
+def _valid_or(adapter: TypeAdapter[Any], value: Any, empty: Any) -> Any:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError:
+        return empty
+
+
+def _arrived(record: RecordBody) -> devices.ArrivedRecord:
     try:
         blob = base64.b64decode(record.sealed, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequestError(
-            f"Invalid records[{index}][sealed]: not base64.",
-            code="parameter_invalid",
-            param=f"records[{index}][sealed]",
+            "Invalid sealed: not base64.", code="parameter_invalid", param="sealed"
         ) from None
     return devices.ArrivedRecord(
         sequence=record.sequence,
@@ -436,7 +512,7 @@ class DeviceApi:
         with self.store.write() as tx:
             account, reader = devices.authenticate(tx, call.device_key)
             body = parse(call.body, ForwardBody)
-            records = [_arrived(i, r) for i, r in enumerate(body.records)]
+            records = [_record(i, r) for i, r in enumerate(body.records)]
             ctx = Context(
                 account=account,
                 tx=tx,
