@@ -12,16 +12,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx2 as httpx
 import pytest
 import stripe
+from pydantic import Field
 
+from stowpay.cloud.routes import device as device_routes
 from stowpay.cloud.schemas import object_schemas
 from stowpay.cloud.settings import Settings
 from stowpay.cloud.testing import LiveCloud, live_cloud
-from stowpay.reader.cloud_link import forward_document
+from stowpay.reader.cloud_link import ForwardOutcome, HttpCloudLink, forward_document
+from stowpay.reader.forwarder import Forwarder, ForwardingError
 from stowpay.reader.vault import (
     CardRead,
     OfflinePayment,
@@ -761,6 +764,51 @@ def test_a_record_of_the_wrong_shape_is_rejected_alone(
     assert genuine["sequence"] == odd["sequence"]
     (charged,) = outcomes(forward(live, device, [genuine]))
     assert charged["status"] == "approved"
+
+
+def test_a_reader_drains_past_a_record_a_stricter_cloud_refuses(
+    live: LiveCloud, tills: Any, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cloud that holds a rule its readers do not (here: amounts of at most 50.00, checked
+    with the body's shape) costs the one record that breaks it. The reader's own forwarder,
+    over HTTP, drains everything else in one pass and is told of that one record."""
+
+    class StricterRecord(device_routes.RecordBody):
+        amount: Annotated[int, Field(ge=0, le=5000)]
+
+    monkeypatch.setattr(device_routes, "RecordBody", StricterRecord)
+    device = register(live)
+    till = tills(live, device)
+    amounts = [1200, 1300, 9900, 1400, 1500]
+    stored = [till.take(amount=a, order=f"D-{i}") for i, a in enumerate(amounts)]
+    heard: list[tuple[int, ForwardOutcome]] = []
+
+    class Heard:
+        def on_payment_forwarded(self, record: StoredPayment, outcome: ForwardOutcome) -> None:
+            heard.append((record.sequence, outcome))
+
+        def on_forwarding_failure(self, error: ForwardingError) -> None:
+            raise AssertionError(f"forwarding failed: {error}")
+
+    with HttpCloudLink(live.url) as link:
+        result = Forwarder(
+            till.vault,
+            link,
+            device_key=lambda: device.key,
+            unattended=True,
+            clock=clock,
+            listener=Heard(),
+        ).drain()
+    assert result.error is None and result.forwarded == 5 and result.remaining == 0
+    assert till.vault.pending() == []
+    statuses = {seq: o.status for seq, o in heard}
+    assert statuses == {r.sequence: "rejected" if r.amount == 9900 else "approved" for r in stored}
+    (odd,) = [o for _, o in heard if o.status == "rejected"]
+    assert odd.error is not None and odd.error.get("param") == "amount"
+    charged = sorted(pi.amount for pi in intents(device))
+    assert charged == [1200, 1300, 1400, 1500]
+    (kept,) = offline_rejections(device)["data"]
+    assert kept["amount"] == 9900 and kept["local_id"] == stored[2].local_id
 
 
 def test_missing_fields_and_oversize_batches(live: LiveCloud) -> None:
