@@ -2225,16 +2225,17 @@ def _stored_problem(p: StoredPayment) -> str | None:
 
 def _display_problem(brand: str, cardholder_name: str | None, read_method: str) -> str | None:
     """The display field out of the bounds the cloud's device API takes, or None: a record
-    the cloud would refuse must be refused at the sale, not stored and then stuck."""
-    # The device API's own bounds, card-number check included (`ShownText` there): a record
-    # the vault keeps must be one the cloud takes, or it jams the batch it is forwarded in.
-    if len(brand) > 40 or contains_card_number(brand):
+    the cloud would refuse must be refused at the sale, not stored and then rejected
+    uncharged when forwarded."""
+    # The device API's own bounds, card-number check included (`ShownText` there).
+    if len(brand) > metadata_limits.MAX_BRAND or contains_card_number(brand):
         return "brand"
     if cardholder_name is not None and (
-        not 0 < len(cardholder_name) <= 200 or contains_card_number(cardholder_name)
+        not 0 < len(cardholder_name) <= metadata_limits.MAX_CARDHOLDER_NAME
+        or contains_card_number(cardholder_name)
     ):
         return "cardholder_name"
-    if len(read_method) > 60 or contains_card_number(read_method):
+    if len(read_method) > metadata_limits.MAX_READ_METHOD or contains_card_number(read_method):
         return "read_method"
     return None
 
@@ -2313,7 +2314,9 @@ def _prepare(payment: OfflinePayment) -> tuple[bytes, CardDisplay, str]:
         raise VaultInputError("description is longer than 1000 characters")
     if _display_problem(card.brand, card.cardholder_name, card.read_method) is not None:
         raise VaultInputError(
-            "brand (<=40), cardholder_name (1-200) or read_method (<=60) out of bounds"
+            f"brand (<={metadata_limits.MAX_BRAND}), cardholder_name "
+            f"(1-{metadata_limits.MAX_CARDHOLDER_NAME}) or read_method "
+            f"(<={metadata_limits.MAX_READ_METHOD}) out of bounds"
         )
     try:
         receipt = json.loads(json.dumps(dict(card.receipt)))
@@ -2329,8 +2332,8 @@ def _prepare(payment: OfflinePayment) -> tuple[bytes, CardDisplay, str]:
         [card.brand, card.cardholder_name, card.read_method, free, p.description]
     )
     for text in (metadata_text, shown_text):
-        # What the cloud would refuse must not be stored, or the batch carrying it is
-        # refused whole and the payments behind it wait.
+        # What the cloud would refuse must not be stored: forwarded, it would be rejected
+        # and never charged.
         if _looks_like_pan(text, number):
             raise VaultInputError("a card number must not appear outside the sealed card data")
     if any(number in v for v in chip.values()):

@@ -20,6 +20,12 @@ MAX_KEYS = 50
 MAX_KEY = 40
 MAX_VALUE = 500
 
+#: Bounds of a forwarded record's shown card details, kept in the clear: the device API
+#: takes no longer ones, and the reader's vault refuses them at the sale.
+MAX_BRAND = 40
+MAX_CARDHOLDER_NAME = 200
+MAX_READ_METHOD = 60
+
 #: Digits in groups split by single spaces or dashes. No nested repetition: the search stays
 #: linear in the text (a pattern like `(?:\d[ -]?){13,19}` takes quadratic time on "1 1 1 ...",
 #: seconds for a request of 50 such values).

@@ -30,7 +30,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from ...wire.errors import ApiError, InvalidRequestError, StripeError
-from ...wire.metadata import contains_card_number
+from ...wire.metadata import (
+    MAX_BRAND,
+    MAX_CARDHOLDER_NAME,
+    MAX_READ_METHOD,
+    contains_card_number,
+)
 from ..api import Context
 from ..domain import backlog, devices, terminal
 from ..domain.device_payments import LAN_URL_FIELD
@@ -116,17 +121,20 @@ class RedeemBody(DeviceBody):
 
 
 class DisplayBody(DeviceBody):
-    brand: Annotated[ShownText, Field(max_length=40)] | None = None
+    brand: Annotated[ShownText, Field(max_length=MAX_BRAND)] | None = None
     last4: Annotated[str, Field(pattern=r"^[0-9]{4}$")] | None = None
     exp_month: Annotated[int, Field(ge=0, le=99)] | None = None
     exp_year: Annotated[int, Field(ge=0, le=9999)] | None = None
-    cardholder_name: Annotated[ShownText, Field(min_length=1, max_length=200)] | None = None
-    read_method: Annotated[ShownText, Field(max_length=60)] | None = None
+    cardholder_name: (
+        Annotated[ShownText, Field(min_length=1, max_length=MAX_CARDHOLDER_NAME)] | None
+    ) = None
+    read_method: Annotated[ShownText, Field(max_length=MAX_READ_METHOD)] | None = None
     receipt: dict[str, Any] = Field(default_factory=dict)
 
 
-#: 64-bit bounds: these end up in database integers. Finer checks (a currency the cloud
-#: knows, Stripe's amount limits) reject only the record at fault, never the whole batch.
+#: 64-bit bounds: these end up in database integers. Like every check of a record, these
+#: and the finer ones (a currency the cloud knows, Stripe's amount limits) reject only the
+#: record at fault.
 Int64 = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
