@@ -1,8 +1,10 @@
 """Logging set-up shared by every Stowpay process.
 
 Log lines are structured and never carry secrets: tracebacks are rendered without local
-variables (which may hold keys, webhook secrets or card data), and values under keys that
-name secrets are masked before rendering.
+variables (which may hold keys, webhook secrets or card data), values under keys that name
+secrets are masked before rendering, and a card number in any other text (a client can put
+one in a path, a query or a parameter's name) is written as asterisks, in uvicorn's access
+log lines too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 
 import structlog
 
+from .wire.metadata import mask_card_numbers
+
 _SECRET_KEYS = ("secret", "password", "authorization", "api_key", "number", "pan", "token")
 
 
@@ -23,11 +27,31 @@ def _mask_secrets(
     for key in list(event):
         if any(s in key.lower() for s in _SECRET_KEYS):
             event[key] = "****"
+        elif isinstance(event[key], str):
+            event[key] = mask_card_numbers(event[key])
     return event
+
+
+class _AccessLogMask(logging.Filter):
+    """Masks card numbers in uvicorn's access log lines (client, method, path, ...)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                mask_card_numbers(a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
+def _mask_access_log() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _AccessLogMask) for f in access.filters):
+        access.addFilter(_AccessLogMask())
 
 
 def configure(level: str = "warning", *, json: bool = False) -> None:
     """Configure structlog once for this process (a no-op if the host app already did)."""
+    _mask_access_log()
     if structlog.is_configured():
         return
     renderer: Any = (

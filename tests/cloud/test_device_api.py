@@ -734,6 +734,9 @@ def test_a_record_whose_sequence_cannot_be_read_refuses_the_batch(
         ({"forward_key": None}, "forward_key"),
         ({"local_id": "pio_4242424242424242"}, "local_id"),
         ({"description": "card 4242 4242 4242 4242"}, "description"),
+        # A field's name is echoed by its error: a card number in it never is, nor kept.
+        ({"4242424242424242": 1}, "*" * 16),
+        ({"metadata": {"4242424242424242": 1}}, "metadata[" + "*" * 16 + "]"),
     ],
 )
 def test_a_record_of_the_wrong_shape_is_rejected_alone(

@@ -20,6 +20,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from procs import (
@@ -71,12 +72,14 @@ def test_no_test_card_number_is_found_in_any_file_or_log(tmp_path: Path) -> None
         while_running = scan_for_card_numbers(roots, NUMBERS)
         assert reader.stop() == 0
         forwarded = {order_of(pi) for pi in site.payment_intents()}
+        misdirected = _misdirect(site.url, site.account["secret_key"])
     finally:
         if reader is not None:
             reader.stop()
         site.close()
     after = scan_for_card_numbers(roots, NUMBERS)
     files = sorted(p.name for root in roots for p in root.rglob("*") if p.is_file())
+    assert misdirected == [400] * 3 + [404] * 3 + [400] * 3, misdirected
     figures = (
         f"{len(NUMBERS)} test cards: {len(stored)} stored and forwarded ({len(forwarded)} "
         f"PaymentIntents), refused offline: {refused}; files scanned: {files}; "
@@ -87,6 +90,25 @@ def test_no_test_card_number_is_found_in_any_file_or_log(tmp_path: Path) -> None
     assert len(forwarded) == len(stored) >= len(NUMBERS) - len(refused), figures
     assert len(stored) >= len(NUMBERS) // 2, figures
     assert while_stored == [] and while_running == [] and after == [], figures
+
+
+def _misdirect(url: str, key: str) -> list[int]:
+    """Card numbers where a client should never put them: as a parameter's name, an id in a
+    path, a search query. The cloud (at debug level, access log on) must not log them."""
+    auth = {"Authorization": f"Bearer {key}"}
+    form = {**auth, "Content-Type": "application/x-www-form-urlencoded"}
+    calls = (
+        [("POST", "/v1/payment_intents", f"amount=100&currency=usd&{n}=1") for n in NUMBERS[:3]]
+        + [("GET", f"/v1/payment_methods/{n}", None) for n in NUMBERS[:3]]
+        + [
+            ("GET", f"/v1/payment_intents/search?query=metadata['order_id']:'{n}'", None)
+            for n in NUMBERS[:3]
+        ]
+    )
+    return [
+        httpx.request(method, url + path, content=body, headers=form if body else auth).status_code
+        for method, path, body in calls
+    ]
 
 
 def test_the_scanner_finds_a_planted_card_number(tmp_path: Path) -> None:

@@ -202,6 +202,23 @@ def test_garbage_gets_a_json_error_never_a_500(
     )
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"amount": 100, "currency": "usd", "4242424242424242": 1},
+        {"amount": 100, "currency": "usd", "metadata": {"4242 4242 4242 4242": {"n": 1}}},
+    ],
+)
+def test_a_card_number_the_pos_sent_as_a_name_is_not_echoed(
+    client: TestClient, shop: Shop, body: dict[str, Any]
+) -> None:
+    connect(client, shop)
+    r = client.post("/v1/payment_intents", json=body)
+    err = error(r, 400)
+    assert err["code"] == "INVALID_REQUIRED_PARAMETER" and "*" * 16 in err["message"], err
+    assert "4242" not in r.text, r.text
+
+
 def test_unknown_routes_and_methods_are_json(client: TestClient) -> None:
     assert error(client.get("/v1/nothing"), 404)["code"] == "resource_missing"
     assert error(client.get("/v1/connect"), 405)["code"] == "method_not_allowed"

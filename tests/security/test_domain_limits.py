@@ -269,6 +269,39 @@ def test_a_card_number_sent_as_an_id_is_not_echoed(api: Any) -> None:
     assert refused(r, "payment_method") and "5555" not in r.text, r.text
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"amount=100&currency=usd&4242424242424242=1",
+        b"amount=100&currency=usd&note-4242424242424242-x=1",
+        b"amount=100&currency=usd&metadata[a]=x&metadata[a][4242-4242-4242-4242]=y",
+    ],
+)
+def test_a_card_number_sent_as_a_parameter_name_is_not_echoed(api: Any, body: bytes) -> None:
+    # An error names the parameter as sent; a client can name one anything.
+    r = post(api, body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert "*" * 16 in error["message"] + error.get("param", ""), error
+    assert "4242" not in r.text, r.text
+
+
+def test_masking_hides_exactly_what_is_read_as_a_card_number() -> None:
+    assert limits.mask_card_numbers(f"key {PAN}!") == "key " + "*" * 16 + "!"
+    assert limits.mask_card_numbers("4242 4242 4242 4242 and 17") == "*" * 19 + " and 17"
+    for text in ("order 1234567890123", "2f1e4407-8941-9650-96ee-0a1b2c3d4e5f", "short"):
+        assert limits.mask_card_numbers(text) == text
+
+
+@given(st.text(alphabet="0123456789 -ab", max_size=60))
+@settings(max_examples=EXAMPLES // 2, deadline=None)
+def test_masked_text_holds_no_card_number(text: str) -> None:
+    masked = limits.mask_card_numbers(text)
+    assert not limits.contains_card_number(masked)
+    assert len(masked) == len(text)
+    assert (masked == text) is not limits.contains_card_number(text)
+
+
 LOCATION = {"display_name": "Till", "address": {"country": "US", "city": "Springfield"}}
 
 

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..wire.metadata import mask_card_numbers
 from ..wire.terminal_codes import ErrorCode
 from .core import Event, ReaderCore, ReaderError
 from .presentment import Presentment, PresentmentError
@@ -64,10 +65,15 @@ def error_response(
     param: str | None = None,
     api_code: str | None = None,
 ) -> JSONResponse:
-    """The LAN API's error body."""
-    error: dict[str, Any] = {"type": type_, "code": str(code), "message": message}
+    """The LAN API's error body (a card number in it, as in a parameter's name the POS sent,
+    written as asterisks)."""
+    error: dict[str, Any] = {
+        "type": type_,
+        "code": str(code),
+        "message": mask_card_numbers(message),
+    }
     if param is not None:
-        error["param"] = param
+        error["param"] = mask_card_numbers(param)
     if api_code is not None:
         error["api_error_code"] = api_code
     return JSONResponse({"error": error}, status_code=status)
@@ -87,7 +93,7 @@ def _reader_error(exc: ReaderError) -> JSONResponse:
     error: dict[str, Any] = {
         "type": "terminal_error",
         "code": str(exc.code),
-        "message": exc.message,
+        "message": mask_card_numbers(exc.message),
         "decline_code": exc.decline_code,
         "payment_intent": None if exc.payment_intent is None else dict(exc.payment_intent),
     }

@@ -42,13 +42,21 @@ class StripeError(Exception):
         self.extra = extra or {}
 
     def to_body(self, request_id: str | None = None) -> dict[str, Any]:
-        """The JSON body Stripe answers with for this error."""
-        err: dict[str, Any] = {"type": self.error_type, "message": self.message}
+        """The JSON body Stripe answers with for this error.
+
+        A card number in the message or the parameter's name (a client can name a parameter
+        anything, and an error names it) is written as asterisks: error bodies are logged,
+        and kept with idempotent replays and rejected offline records.
+        """
+        from .metadata import mask_card_numbers  # it imports cards, which imports this
+
+        message = mask_card_numbers(self.message)
+        err: dict[str, Any] = {"type": self.error_type, "message": message}
         if self.code is not None:
             err["code"] = self.code
             err["doc_url"] = f"https://stripe.com/docs/error-codes/{self.code.replace('_', '-')}"
         if self.param is not None:
-            err["param"] = self.param
+            err["param"] = mask_card_numbers(self.param)
         if self.decline_code is not None:
             err["decline_code"] = self.decline_code
         err.update(self.extra)

@@ -49,17 +49,33 @@ def contains_card_number(text: str) -> bool:
     one after another in a card's grouping, starting with 2 to 6 and passing the Luhn check."""
     if len(text) < 13:
         return False  # too short to hold 13 digits: most keys and values, found at once
-    for m in _GROUPS.finditer(text):
-        if len(m.group()) < 13:
-            continue  # a run of digits and separators shorter than any card number
-        groups = _SEPARATOR.split(m.group())
-        # Groups glued to a word are part of something else: a UUID's "…-4407-8941-9650-96ee…"
-        # reads as 4-4-4-2, but its last group runs on into letters.
-        closed_start = m.start() == 0 or not text[m.start() - 1].isalpha()
-        closed_end = m.end() == len(text) or not text[m.end()].isalpha()
-        if _any_card_number(groups, closed_start, closed_end):
-            return True
-    return False
+    return any(_holds_card_number(text, m) for m in _GROUPS.finditer(text))
+
+
+def mask_card_numbers(text: str) -> str:
+    """`text` with each run of digit groups that holds a card number (as
+    `contains_card_number` reads one) written as asterisks of the same length."""
+    if len(text) < 13:
+        return text
+    found = [m for m in _GROUPS.finditer(text) if _holds_card_number(text, m)]
+    if not found:
+        return text
+    parts, end = [], 0
+    for m in found:
+        parts += [text[end : m.start()], "*" * (m.end() - m.start())]
+        end = m.end()
+    return "".join(parts) + text[end:]
+
+
+def _holds_card_number(text: str, m: re.Match[str]) -> bool:
+    if len(m.group()) < 13:
+        return False  # a run of digits and separators shorter than any card number
+    groups = _SEPARATOR.split(m.group())
+    # Groups glued to a word are part of something else: a UUID's "…-4407-8941-9650-96ee…"
+    # reads as 4-4-4-2, but its last group runs on into letters.
+    closed_start = m.start() == 0 or not text[m.start() - 1].isalpha()
+    closed_end = m.end() == len(text) or not text[m.end()].isalpha()
+    return _any_card_number(groups, closed_start, closed_end)
 
 
 def _any_card_number(groups: list[str], closed_start: bool, closed_end: bool) -> bool:
