@@ -48,8 +48,9 @@ def _decline_unmarked(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _local_ids_unchecked(monkeypatch: pytest.MonkeyPatch) -> None:
     """Before the fix: a local id was any 128 random bits in hex; about one in a thousand holds
-    a digit run the cloud refuses as a card number, and the batch carrying it was refused
-    whole."""
+    a digit run the cloud refuses as a card number. The batch carrying it was refused whole
+    then (every payment behind it stuck); the cloud now rejects that record alone, so the
+    payment is never charged (lost)."""
     mask = (1 << 128) - 1
     monkeypatch.setattr(core, "new_local_id", lambda bits: f"pio_{bits() & mask:032x}")
     # The vault's own check came with the fix: without it such an id was stored and forwarded.
@@ -63,8 +64,14 @@ CASES = [
     (113, "stuck after a restart: no wake", _subscribe_without_wake, "stuck"),
     (171, "late online confirm after a forwarded decline", _decline_unmarked, "duplicated"),
     # Found at seed 947; with card numbers read as printed (2-6 first, a card's grouping)
-    # that seed's id no longer reads as one, and 307 shows the same jam.
-    (307, "a local id read as a card number jammed forwarding", _local_ids_unchecked, "stuck"),
+    # that seed's id no longer reads as one, and 307 shows the same. It jammed forwarding
+    # (stuck) until the device API rejected a malformed record alone: now it is lost.
+    (
+        307,
+        "a local id read as a card number was refused by the cloud",
+        _local_ids_unchecked,
+        "lost",
+    ),
 ]
 
 
