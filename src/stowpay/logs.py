@@ -25,11 +25,22 @@ def _mask_secrets(
     _logger: Any, _name: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key in list(event):
-        if any(s in key.lower() for s in _SECRET_KEYS):
-            event[key] = "****"
-        elif isinstance(event[key], str):
-            event[key] = mask_card_numbers(event[key])
+        event[key] = _masked(key, event[key])
     return event
+
+
+def _masked(key: object, value: Any) -> Any:
+    """`value` logged under `key`: a secret's name masks it whole; a card number in any text,
+    at any depth, is written as asterisks."""
+    if isinstance(key, str) and any(s in key.lower() for s in _SECRET_KEYS):
+        return "****"
+    if isinstance(value, str):
+        return mask_card_numbers(value)
+    if isinstance(value, dict):
+        return {k: _masked(k, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(None, v) for v in value]
+    return value
 
 
 class _AccessLogMask(logging.Filter):

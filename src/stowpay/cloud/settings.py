@@ -46,4 +46,3 @@ class Settings:
     public_url: str | None = None
     #: run background work (webhook dispatcher, pruning); tests may turn it off
     background: bool = True
-    log_requests: bool = False
