@@ -17,7 +17,7 @@ def test_secrets_by_name_and_card_numbers_in_any_text_at_any_depth_are_masked() 
         "items": [PAN, ("path", f"/v1/payment_methods/{PAN}"), 7],
         "count": 3,
     }
-    masked = logs._mask_secrets(None, "info", dict(event))
+    masked = logs._mask_event(None, "info", dict(event))
     assert masked["api_key"] == "****" and masked["body"]["token"] == "****"
     assert masked["count"] == 3 and masked["items"][2] == 7
     assert "4242" not in repr(masked), masked

@@ -21,7 +21,7 @@ from .wire.metadata import mask_card_numbers
 _SECRET_KEYS = ("secret", "password", "authorization", "api_key", "number", "pan", "token")
 
 
-def _mask_secrets(
+def _mask_event(
     _logger: Any, _name: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key in list(event):
@@ -77,7 +77,7 @@ def configure(level: str = "warning", *, json: bool = False) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _mask_secrets,
+            _mask_event,
             structlog.processors.format_exc_info,
             renderer,
         ],
