@@ -1,18 +1,23 @@
 """A server that answers the benchmark's three calls with fixed JSON: the client's own limit.
 
-    python bench/canned_server.py PORT
+    python bench/canned_server.py PORT [--busy-ms MS]
 
 A bare ASGI callable under uvicorn (uvloop + httptools when installed). It does no auth, no
 parsing and no storage: `POST /v1/payment_intents` answers a PaymentIntent in
 `requires_confirmation`, `.../confirm` one in `requires_capture`, `.../capture` one in
 `succeeded`. The bodies have the same fields and layout (one-line JSON, `json.dumps`' default
 separators) as Stowpay's answers, so the client spends the same effort decoding them.
+
+With `--busy-ms MS` it first spends MS milliseconds of its own CPU time on each answer (a
+busy loop, no I/O): an ideal server whose every request costs exactly that much. The
+benchmark's `budget` target runs it to show how much server time per request a rate allows.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+import time
 from typing import Any
 
 import uvicorn
@@ -82,6 +87,18 @@ def _headers(body: bytes) -> list[tuple[bytes, bytes]]:
     ]
 
 
+#: CPU seconds each answer spends before it is sent (`--busy-ms`).
+BUSY = 0.0
+
+
+def _busy() -> None:
+    # Thread CPU time, not wall time: a host busy with other work stretches the wall time of
+    # the loop, while the cost per request stays what it says.
+    end = time.thread_time() + BUSY
+    while time.thread_time() < end:
+        pass
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
@@ -102,11 +119,18 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             status = 404
     else:
         status = 404
+    if BUSY:
+        _busy()
     await send({"type": "http.response.start", "status": status, "headers": _headers(body)})
     await send({"type": "http.response.body", "body": body})
 
 
 if __name__ == "__main__":
-    port = int(sys.argv[1])
-    print(f"canned on 127.0.0.1:{port}", flush=True)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("port", type=int)
+    ap.add_argument("--busy-ms", type=float, default=0.0, help="CPU time spent per answer")
+    args = ap.parse_args()
+    port = args.port
+    BUSY = args.busy_ms / 1000
+    print(f"canned on 127.0.0.1:{port}, {args.busy_ms:g} ms of CPU per answer", flush=True)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

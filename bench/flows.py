@@ -13,12 +13,15 @@ Targets:
   ls-stock       localstripe 1.15.10 as shipped: the whole store pickled on every write
   ls-nopersist   the same with its per-write pickling switched off (diagnostic)
   canned         fixed JSON answers, no work at all: the client's own limit
+  budget         the canned server spending --budget-ms of CPU on each answer: an ideal
+                 server of that cost per request, to show what server time a rate allows
   stowpay-100k   `stowpay cloud serve` on a database already holding --prefill flows
 
 It prints every rate (median of the runs, with the range) and the ratios
-Stowpay / localstripe-nopersist (target >= 2), Stowpay / canned (target >= 0.6) and
-Stowpay-100k / Stowpay (must not fall). It also checks that the Stowpay database's
-connections run with synchronous=FULL and that every POST it answered was committed.
+Stowpay / localstripe-nopersist (target >= 2), Stowpay / canned (target >= 0.6),
+Stowpay-100k / Stowpay (must not fall) and budget / canned. It also checks that the Stowpay
+database's connections run with synchronous=FULL and that every POST it answered was
+committed.
 """
 
 from __future__ import annotations
@@ -43,12 +46,13 @@ from typing import Any
 import stripe
 
 HERE = Path(__file__).resolve().parent
-TARGETS = ("stowpay", "ls-stock", "ls-nopersist", "canned", "stowpay-100k")
+TARGETS = ("stowpay", "ls-stock", "ls-nopersist", "canned", "budget", "stowpay-100k")
 LABELS = {
     "stowpay": "Stowpay, fresh SQLite (WAL, synchronous=FULL)",
     "ls-stock": "localstripe stock (pickle on every write)",
     "ls-nopersist": "localstripe, per-write pickling off",
     "canned": "canned JSON server (client limit)",
+    "budget": "canned + {budget:g} ms CPU per request",
     "stowpay-100k": "Stowpay, {prefill:,} PaymentIntents already stored",
 }
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -133,7 +137,9 @@ def stowpay_cmd(db: Path, port: int) -> list[str]:
     ]
 
 
-def start_target(name: str, work: Path, run: int, prefilled: dict[str, Any] | None) -> Server:
+def start_target(
+    name: str, work: Path, run: int, prefilled: dict[str, Any] | None, budget_ms: float = 0.5
+) -> Server:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     tag = f"{name}-{run}"
@@ -160,8 +166,10 @@ def start_target(name: str, work: Path, run: int, prefilled: dict[str, Any] | No
         if name == "ls-nopersist":
             cmd.append("--no-persist")
         return Server(name, start(cmd, log, port), url, "sk_test_bench", log)
-    if name == "canned":
+    if name in ("canned", "budget"):
         cmd = [sys.executable, str(HERE / "canned_server.py"), str(port)]
+        if name == "budget":
+            cmd += ["--busy-ms", str(budget_ms)]
         return Server(name, start(cmd, log, port), url, "sk_test_bench", log)
     raise ValueError(name)
 
@@ -378,6 +386,12 @@ def main() -> None:
         help="PaymentIntents stored before the stowpay-100k runs (0: skip them)",
     )
     ap.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset")
+    ap.add_argument(
+        "--budget-ms",
+        type=float,
+        default=0.5,
+        help="CPU time the budget target spends per request (default 0.5)",
+    )
     ap.add_argument("--json", type=Path, help="also write every measurement here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     ap.add_argument(
@@ -414,7 +428,7 @@ def main() -> None:
         results: dict[str, list[Run]] = {name: [] for name in targets}
         for run in range(1, args.runs + 1):
             for name in targets:
-                server = start_target(name, work, run, prefilled)
+                server = start_target(name, work, run, prefilled, args.budget_ms)
                 result = Run(name, run)
                 try:
                     before = stowpay_counts(server.db) if server.db is not None else None
@@ -479,7 +493,7 @@ def report(
         cli = statistics.median([1000 * r.client_cpu / max(r.flows, 1) for r in runs])
         first = statistics.median([r.window(True) for r in runs])
         last = statistics.median([r.window(False) for r in runs])
-        label = LABELS[name].format(prefill=args.prefill)
+        label = LABELS[name].format(prefill=args.prefill, budget=args.budget_ms)
         print(
             f"{label:48s} {fmt(rates[name]):>22s} {lat:7.1f} {srv:16.2f} {cli:16.2f} "
             f"{first:7.1f}/{last:<7.1f}"
@@ -506,6 +520,9 @@ def report(
         ),
         "stowpay/ls-stock": ratio("stowpay", "ls-stock", None, "Stowpay / localstripe (stock)"),
         "stowpay/canned": ratio("stowpay", "canned", 0.6, "Stowpay / canned (client limit)"),
+        "budget/canned": ratio(
+            "budget", "canned", None, f"{args.budget_ms:g} ms per request / canned"
+        ),
         "stowpay-100k/stowpay": ratio(
             "stowpay-100k", "stowpay", None, f"Stowpay with {args.prefill:,} stored / fresh"
         ),
