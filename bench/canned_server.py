@@ -5,8 +5,9 @@
 A bare ASGI callable under uvicorn (uvloop + httptools when installed). It does no auth, no
 parsing and no storage: `POST /v1/payment_intents` answers a PaymentIntent in
 `requires_confirmation`, `.../confirm` one in `requires_capture`, `.../capture` one in
-`succeeded`. The bodies have the same fields and layout (one-line JSON, `json.dumps`' default
-separators) as Stowpay's answers, so the client spends the same effort decoding them.
+`succeeded`. The bodies have the same fields and layout (compact one-line JSON, as
+`stowpay.wire.jsontext` writes) as Stowpay's answers, so the client spends the same effort
+decoding them.
 
 With `--busy-ms MS` it first spends MS milliseconds of its own CPU time on each answer (a
 busy loop, no I/O): an ideal server whose every request costs exactly that much. The
@@ -69,7 +70,7 @@ def _payment_intent(status: str) -> bytes:
         "transfer_data": None,
         "transfer_group": None,
     }
-    return json.dumps(pi).encode()
+    return json.dumps(pi, separators=(",", ":")).encode()
 
 
 CREATED = _payment_intent("requires_confirmation")

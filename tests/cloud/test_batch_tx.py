@@ -127,8 +127,8 @@ def test_flush_writes_what_row_by_row_writes_write(make_store: Callable[[str], S
     assert contents(batched) == expected
     # The PaymentIntents are stored in their final state, the events as they were.
     bodies = {row[0]: row[-1] for row in expected["objects"]}
-    assert '"status": "succeeded"' in bodies["pi_1"]
-    assert '"payment_method": null' in bodies["evt_1a"]
+    assert '"status":"succeeded"' in bodies["pi_1"]
+    assert '"payment_method":null' in bodies["evt_1a"]
 
 
 def test_nothing_is_written_without_flush_or_when_the_block_fails(

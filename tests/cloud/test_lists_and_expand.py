@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx2 as httpx
+import sqlalchemy as sa
 
+from stowpay.cloud.storage import tables as t
 from stowpay.cloud.testing import LiveCloud
 
 
@@ -107,3 +110,34 @@ def test_search_clauses(cloud: LiveCloud) -> None:
     for bad in ["amount>'x'", "nosuchfield:'1'", "a AND OR b", "x:'1' AND y:'2' OR z:'3'", ""]:
         r = get(cloud, "/v1/payment_intents/search", query=bad)
         assert r.status_code == 400, bad
+
+
+def test_search_finds_objects_in_either_stored_layout(cloud: LiveCloud) -> None:
+    """Objects are stored as compact UTF-8 JSON; those stored by earlier versions kept the
+    standard library's layout (a space after each colon, non-ASCII escaped). A search by a
+    field read from the stored text finds both."""
+    new = post(cloud, "/v1/payment_intents", amount="700", currency="usd", description="Café 1")
+    old = post(cloud, "/v1/payment_intents", amount="700", currency="usd", description="Café 1")
+    with cloud.store.write() as tx:
+        stored = tx.get(tx_account(cloud, tx, old["id"]), old["id"])
+        assert stored is not None
+        tx.conn.execute(
+            sa.update(t.objects).where(t.objects.c.id == old["id"]).values(body=json.dumps(stored))
+        )
+    with cloud.store.read() as tx:
+        bodies = dict(tx.conn.execute(sa.select(t.objects.c.id, t.objects.c.body)).all())
+    assert '"description":"Café 1"' in bodies[new["id"]]
+    assert '"description": "Caf\\u00e9 1"' in bodies[old["id"]]
+
+    r = get(cloud, "/v1/payment_intents/search", query="description:'Café 1'")
+    assert r.status_code == 200, r.text
+    assert {p["id"] for p in r.json()["data"]} == {new["id"], old["id"]}
+    r = get(cloud, "/v1/payment_intents/search", query="-description:'Café 1' AND amount:700")
+    assert r.json()["data"] == []
+
+
+def tx_account(cloud: LiveCloud, tx: Any, object_id: str) -> str:
+    row = tx.conn.execute(
+        sa.select(t.objects.c.account_id).where(t.objects.c.id == object_id)
+    ).one()
+    return str(row.account_id)

@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Receive, Scope, Send
 
 from .. import logs
-from ..wire import formcodec
+from ..wire import formcodec, jsontext
 from ..wire.errors import (
     ApiError,
     AuthenticationError,
@@ -332,10 +332,6 @@ def _mask(key: str) -> str:
 
 #: Built once: `json.dumps` with non-default options builds an encoder on every call.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
-#: Answers are JSON in `json.dumps`' default layout, on one line: the C encoder writes it (an
-#: indented answer is encoded in pure Python, which cost more than a request's SQL), and it is
-#: the layout objects are stored in, so a stored object's text can be the answer.
-_ANSWER = json.JSONEncoder()
 
 
 def _fingerprint(op: Operation, path: str, raw: dict[str, Any], expand_paths: Any) -> str:
@@ -354,12 +350,14 @@ def _answer_body(ctx: Context, result: dict[str, Any]) -> bytes:
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
-    body = _ANSWER.encode(obj)
+    # Answers are in the layout objects are stored in (`jsontext`), so a stored object's text
+    # can be the answer.
+    body = jsontext.dumps_bytes(obj)
     # A private key is written `"_...`, so an answer without that sequence has none to drop
     # (a string value starting with `_` only sends it down the slower path).
-    if '"_' in body:
-        body = _ANSWER.encode(_served(obj))
-    return body.encode()
+    if b'"_' in body:
+        body = jsontext.dumps_bytes(_served(obj))
+    return body
 
 
 def _served(value: Any) -> Any:

@@ -9,10 +9,12 @@ Clauses are joined by AND or by OR (not both, as Stripe requires); `-` negates a
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..wire import jsontext
 from ..wire.errors import InvalidRequestError
 from .api import Context
 from .params import clamp_created
@@ -121,8 +123,19 @@ def _condition(c: Clause) -> Any:
     elif c.field in COLUMN:
         cond = q.column_condition(COLUMN[c.field], c.op, c.value)
     else:
-        cond = q.body_contains(f'"{c.field}": "{c.value}"')
+        cond = q.any_of([q.body_contains(f) for f in _body_fragments(c.field, str(c.value))])
     return q.negate(cond) if c.negated else cond
+
+
+def _body_fragments(field: str, value: str) -> list[str]:
+    """How `"field": value` is written in a stored object's JSON.
+
+    Objects are stored compact, in UTF-8 (`jsontext`); objects stored by earlier versions
+    kept the standard library's layout, a space after the colon and non-ASCII escaped.
+    """
+    compact = f"{jsontext.dumps(field)}:{jsontext.dumps(value)}"
+    spaced = f"{json.dumps(field)}: {json.dumps(value)}"
+    return [compact, spaced]
 
 
 def search_object(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from ...wire import jsontext
 from ..api import Context
 from ..settings import API_VERSION
 
@@ -15,8 +15,8 @@ def public(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def public_json(obj: dict[str, Any], stored: str) -> str | None:
-    """`json.dumps(public(obj))`, cut from `stored` (which is `json.dumps(obj)`); None when
-    it cannot be cut that way.
+    """`jsontext.dumps(public(obj))`, cut from `stored` (which is `jsontext.dumps(obj)`); None
+    when it cannot be cut that way.
 
     A private key is written `"_...`, so JSON without that sequence has none. When the
     private keys are the object's last keys and nothing deeper is private (a charge's
@@ -30,7 +30,7 @@ def public_json(obj: dict[str, Any], stored: str) -> str | None:
         first -= 1
     if first == len(keys) or first == 0:
         return None
-    tail = "".join(f", {json.dumps(k)}: {json.dumps(obj[k])}" for k in keys[first:]) + "}"
+    tail = "".join(f",{jsontext.dumps(k)}:{jsontext.dumps(obj[k])}" for k in keys[first:]) + "}"
     if not stored.endswith(tail):
         return None
     served = stored[: -len(tail)] + "}"
@@ -72,7 +72,7 @@ def emit(
     if served is not None:
         # The placeholder is the first string after four fixed fields: replacing its first
         # occurrence cannot touch anything a client sent.
-        body = json.dumps(event).replace(_OBJECT_JSON, served, 1)
+        body = jsontext.dumps(event).replace(_OBJECT_JSON, served, 1)
         # Nothing private anywhere when the text served is the text stored: a plain copy.
         data["object"] = dict(obj) if served is stored else public(obj)
     ctx.tx.insert(ctx.account_id, event, ref=obj.get("id"), status=type_, body=body)
@@ -95,7 +95,7 @@ def emit(
 
 #: Where an event's object goes while the rest of the event is serialized.
 _OBJECT = "\x00object"
-_OBJECT_JSON = json.dumps(_OBJECT)
+_OBJECT_JSON = jsontext.dumps(_OBJECT)
 
 
 def _listening(ctx: Context, type_: str) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from ...wire import jsontext
 from ...wire.errors import ApiError, InvalidRequestError, StripeError
 from ...wire.metadata import (
     MAX_BRAND,
@@ -342,19 +343,15 @@ def _served(value: Any) -> Any:
     return value
 
 
-#: Answers are compact JSON, as on /v1 (a batch's outcomes are large).
-_ANSWER = json.JSONEncoder(separators=(",", ":"))
-
-
 def json_response(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response:
-    """A JSON answer with private (`_`-prefixed) keys left out."""
-    text = _ANSWER.encode(body)
-    if '"_' in text:
+    """A JSON answer (compact, as on /v1) with private (`_`-prefixed) keys left out."""
+    text = jsontext.dumps_bytes(body)
+    if b'"_' in text:
         # A private key somewhere (or a string that merely starts with "_"): drop private
         # keys the careful way. Most answers have none, and a batch's 500 PaymentIntents
         # are not copied just to find that out.
-        text = _ANSWER.encode(_served(body))
-    return Response(text.encode(), status, headers, media_type="application/json")
+        text = jsontext.dumps_bytes(_served(body))
+    return Response(text, status, headers, media_type="application/json")
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import operator
 import threading
 import weakref
@@ -15,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ...wire import jsontext
 from . import migrations
 from . import tables as t
 
@@ -211,7 +211,7 @@ def _sqlite_on_begin(conn: sa.Connection) -> None:
 
 
 def _load(body: str) -> dict[str, Any]:
-    return json.loads(body)  # type: ignore[no-any-return]
+    return jsontext.loads(body)  # type: ignore[no-any-return]
 
 
 # The statements every request runs, built once: a statement object reused with bound
@@ -308,7 +308,7 @@ class Tx:
                 created=account["created"],
                 secret_key_hash=secret_key_hash,
                 publishable_key=publishable_key,
-                body=json.dumps(account),
+                body=jsontext.dumps(account),
             )
         )
 
@@ -378,7 +378,7 @@ class Tx:
         which is `obj` as it is now (None from a view that serializes later).
         """
         if body is None:
-            body = json.dumps(obj)
+            body = jsontext.dumps(obj)
         self._run(
             _INSERT,
             {
@@ -402,7 +402,7 @@ class Tx:
         Returns the JSON stored, which is `obj` as it is now (None from a view that
         serializes later).
         """
-        body = json.dumps(obj)
+        body = jsontext.dumps(obj)
         values: dict[str, Any] = {
             "status": obj.get("status"),
             "amount": _amount(obj),
@@ -743,7 +743,7 @@ class BatchTx(Tx):
                 ).all()
             else:
                 rows = self._sqlite.execute(
-                    _GET_MANY_SQLITE, (json.dumps(chunk), account_id, type_)
+                    _GET_MANY_SQLITE, (jsontext.dumps(chunk), account_id, type_)
                 ).fetchall()
             found = {str(r[0]): str(r[1]) for r in rows}
             for object_id in chunk:
@@ -758,7 +758,7 @@ class BatchTx(Tx):
                 type_ is not None and pending.obj.get("object") != type_
             ):
                 return None
-            return _load(pending.body or json.dumps(pending.obj))
+            return _load(pending.body or jsontext.dumps(pending.obj))
         if object_id in self._loaded:
             body = self._loaded[object_id]
             if body is None:
@@ -782,7 +782,7 @@ class BatchTx(Tx):
         if obj["id"] in self._pending:
             raise ValueError(f"object {obj['id']} is inserted twice")
         if body is None:
-            body = json.dumps(obj)
+            body = jsontext.dumps(obj)
         self._pending[obj["id"]] = _Pending(account_id, obj, ref, status, body, insert=True)
         self._touched(obj["object"])
         return body
@@ -790,7 +790,7 @@ class BatchTx(Tx):
     def update(self, account_id: str, obj: dict[str, Any], *, ref: str | None = None) -> str | None:
         """Hold the object's new state, serialized now as `Tx.update` would store it; that JSON
         is returned (an event about the object may embed it)."""
-        body = json.dumps(obj)
+        body = jsontext.dumps(obj)
         held = self._pending.get(obj["id"])
         if held is not None and held.account_id == account_id:
             held.obj = obj
@@ -822,7 +822,7 @@ class BatchTx(Tx):
             row: dict[str, Any] = {
                 "status": p.status if p.status is not None else obj.get("status"),
                 "amount": _amount(obj),
-                "body": p.body if p.body is not None else json.dumps(obj),
+                "body": p.body if p.body is not None else jsontext.dumps(obj),
             }
             if p.insert:
                 row.update(
