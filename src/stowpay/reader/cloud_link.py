@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 import httpx2 as httpx
 
 from .. import __version__
+from ..wire import jsontext
 from .vault import StoredPayment
 
 
@@ -438,8 +439,14 @@ class HttpCloudLink:
         device_key: str | None = None,
     ) -> Mapping[str, Any]:
         headers = {"Authorization": f"Bearer {device_key}"} if device_key is not None else {}
+        content = None
+        if body is not None:
+            # A batch of records is large, and the cloud waits while it is written and while
+            # its answer is read: orjson does both several times faster than httpx's own.
+            content = jsontext.dumps_bytes(body)
+            headers["Content-Type"] = "application/json"
         try:
-            response = self._client.request(method, path, json=body, headers=headers)
+            response = self._client.request(method, path, content=content, headers=headers)
         except httpx.RequestError as exc:
             # Connection refused, reset, timed out: the call may or may not have arrived.
             raise CloudUnreachable(
@@ -453,7 +460,7 @@ class HttpCloudLink:
         if not 200 <= status < 300:
             raise CloudUnreachable(f"the cloud answered {status}")
         try:
-            answer = response.json()
+            answer = jsontext.loads(response.content)
         except ValueError as exc:
             raise CloudUnreachable("the cloud's answer is not JSON") from exc
         if not isinstance(answer, dict):
