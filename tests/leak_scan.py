@@ -13,7 +13,8 @@ What counts as a finding:
   (masked forms like `sk_test_****abcd` are what logs and errors are meant to show);
 - a card number: a run of 13 to 19 digits, plain or in groups of 4 (or Amex's 4-6-5) split by
   spaces or dashes, not inside a word (hex digests and ids hold digit runs), that starts
-  with 2-6 (the card networks' first digits) and passes Luhn; and the test cards of
+  with 2-6 (the card networks' first digits) and passes Luhn, unless it is a chip's
+  cryptogram (16 digits labelled so just before them); and the test cards of
   `stowpay.wire.cards` anywhere, whatever surrounds them, also as UTF-16. Timestamps
   (13-digit milliseconds start with 1), counting ids (24+ digits) and dates do not match.
 
@@ -83,6 +84,20 @@ def _is_card_number(run: bytes) -> bool:
     return tuple(len(g) for g in groups) in _GROUPINGS
 
 
+#: A chip's application cryptogram is 16 random hex digits: about one in 40,000 is all digits,
+#: starts with 2-6 and passes Luhn. Such a run, labelled a cryptogram just before it (a charge's
+#: `"application_cryptogram":"..."`, a printed receipt's "Cryptogram" row), is not a card
+#: number. The vault refuses the card's own number there, and the test cards are still found
+#: anywhere (`_KNOWN`).
+_CRYPTOGRAM_LABEL = re.compile(rb"cryptogram", re.IGNORECASE)
+
+
+def _is_cryptogram(data: bytes, run: re.Match[bytes]) -> bool:
+    if len(run.group()) != 16 or not run.group().isdigit():
+        return False
+    return _CRYPTOGRAM_LABEL.search(data, max(0, run.start() - 48), run.start()) is not None
+
+
 def _mask(text: str) -> str:
     return text[:8] + "…" + text[-4:] if len(text) > 12 else "…"
 
@@ -94,7 +109,7 @@ def find(data: bytes, *, secrets: bool = True) -> list[str]:
         found += [f"secret {_mask(m.group().decode())}" for m in _SECRETS.finditer(data)]
     seen = set()
     for m in _DIGIT_RUN.finditer(data):
-        if _is_card_number(m.group()):
+        if _is_card_number(m.group()) and not _is_cryptogram(data, m):
             digits = m.group().decode().replace(" ", "").replace("-", "")
             seen.add(digits)
             found.append(f"card number {digits[:4]}…{digits[-4:]}")

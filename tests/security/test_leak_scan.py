@@ -42,6 +42,10 @@ def planted(tmp_path: Path) -> Path:
         "rk_live_" + "Zz09" * 6,
         "secret whsec_" + "q" * 32,
         "Authorization: Bearer rdk_test_" + "ab-_" * 8,
+        # Labelled a cryptogram, but not 16 digits, or a test card, or too far from the label.
+        '"application_cryptogram":"629689642708009124"',
+        '"application_cryptogram":"4242424242424242"',
+        "cryptogram " + "x" * 48 + " 6296896427080099",
     ],
 )
 def test_finds_planted_secrets_and_card_numbers(text: str) -> None:
@@ -64,6 +68,10 @@ def test_finds_planted_secrets_and_card_numbers(text: str) -> None:
         "sk_test_****abcd and whsec_…",  # masked forms are what logs show
         "4242 4242-4242 4242",  # mixed separators
         "42424 24242 42424 2",  # groups no card is printed in
+        # A chip's cryptogram is 16 random hex digits; about 1 in 40,000 reads like a card.
+        '"receipt":{"application_cryptogram":"6296896427080099","x":1}',
+        '"application_cryptogram": "6296896427080099"',
+        "<td>Cryptogram</td><td>6296896427080099</td>",
     ],
 )
 def test_leaves_timestamps_ids_and_masked_forms_alone(text: str) -> None:
