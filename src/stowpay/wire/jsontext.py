@@ -23,10 +23,7 @@ _FALLBACK = json.JSONEncoder(separators=(",", ":"))
 
 def dumps(obj: Any) -> str:
     """`obj` as compact JSON text."""
-    try:
-        return orjson.dumps(obj).decode()
-    except orjson.JSONEncodeError:
-        return _FALLBACK.encode(obj)
+    return dumps_bytes(obj).decode()
 
 
 def dumps_bytes(obj: Any) -> bytes:
