@@ -196,3 +196,4 @@ def test_sqlite_connections_are_durable(sqlite_store: Store) -> None:
     with sqlite_store.read() as tx:
         assert tx.conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
         assert tx.conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert tx.conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 4000
