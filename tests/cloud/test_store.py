@@ -197,3 +197,34 @@ def test_sqlite_connections_are_durable(sqlite_store: Store) -> None:
         assert tx.conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
         assert tx.conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert tx.conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 4000
+
+
+def test_checkpoint_copies_the_wal_into_the_database_file(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    db = tmp_path / "cloud.db"
+    sqlite_store.checkpoint()
+    before, writes = db.stat().st_size, sqlite_store.writes
+    for n in range(50):
+        with sqlite_store.write() as tx:
+            tx.insert("acct_1", _obj(f"pi_{n:04}", {"order": "x" * 200}))
+    with sqlite_store.read() as tx:
+        tx.get("acct_1", "pi_0000")
+    with pytest.raises(KeyError), sqlite_store.write() as tx:
+        raise KeyError("not committed")
+    # Committed write transactions are counted (reads and failed blocks are not) ...
+    assert sqlite_store.writes == writes + 50
+    # ... and are in the WAL only: far fewer pages than a commit's own checkpoint waits for.
+    assert db.stat().st_size == before
+    sqlite_store.checkpoint()
+    assert db.stat().st_size > before
+    with sqlite_store.read() as tx:
+        assert tx.get("acct_1", "pi_0049") is not None
+
+
+def test_checkpoint_on_postgresql_does_nothing(store: Store) -> None:
+    with store.write() as tx:
+        tx.insert("acct_1", _obj("pi_1"))
+    store.checkpoint()
+    with store.read() as tx:
+        assert tx.get("acct_1", "pi_1") is not None

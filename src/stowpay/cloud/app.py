@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
@@ -99,6 +100,26 @@ class Cloud:
         while True:
             self.prune()
             await asyncio.sleep(interval)
+
+    async def checkpoints(self) -> None:
+        """Checkpoint a SQLite store's WAL on a thread of its own, every
+        `Settings.checkpoint_interval` seconds in which something was written.
+
+        Otherwise the commit that fills the WAL copies it into the database file while its
+        request waits (milliseconds, every few hundred requests).
+        """
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1, thread_name_prefix="stowpay-checkpoint") as thread:
+            seen = self.store.writes
+            while True:
+                await asyncio.sleep(self.settings.checkpoint_interval)
+                if self.store.writes == seen:
+                    continue
+                seen = self.store.writes
+                try:
+                    await loop.run_in_executor(thread, self.store.checkpoint)
+                except Exception as exc:  # a commit will checkpoint instead; keep trying
+                    log.warning("checkpoint failed", error=str(exc))
 
     def prune(self) -> int:
         """One round of housekeeping; how many rows went."""
@@ -483,6 +504,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         tasks: list[asyncio.Task[None]] = []
         if settings.background:
             tasks.append(asyncio.create_task(cloud.housekeeping()))
+            if cloud.store.is_sqlite:
+                tasks.append(asyncio.create_task(cloud.checkpoints()))
             from .webhooks import Dispatcher
 
             cloud.dispatcher = Dispatcher(cloud.store, settings)

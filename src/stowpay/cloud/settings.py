@@ -44,5 +44,7 @@ class Settings:
     receipt_poll_interval: float = 1.0
     #: the address this cloud is reached at, for `receipt_url` (the port it serves on if None)
     public_url: str | None = None
-    #: run background work (webhook dispatcher, pruning); tests may turn it off
+    #: how often a SQLite store's WAL is checkpointed off the request path, when written to
+    checkpoint_interval: float = 0.25
+    #: run background work (webhook dispatcher, pruning, checkpoints); tests may turn it off
     background: bool = True

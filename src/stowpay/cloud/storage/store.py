@@ -71,6 +71,9 @@ class Store:
         #: every thread's kept connection, by the id of its driver connection
         self._held: weakref.WeakValueDictionary[int, _Held] = weakref.WeakValueDictionary()
         self._held_lock = threading.Lock()
+        #: write transactions this process has committed (SQLite): `checkpoint`'s caller
+        #: skips a round in which nothing was written
+        self.writes = 0
         if self.is_sqlite:
             sa.event.listen(self.engine, "close", self._closed_by_pool)
 
@@ -97,6 +100,17 @@ class Store:
                 conn = conn.execution_options(stowpay_write=True)
             with conn.begin():
                 yield Tx(conn)
+
+    def checkpoint(self) -> None:
+        """Copy the pages the SQLite WAL holds into the database file, on this thread's
+        connection, without waiting for readers or writers (a PASSIVE checkpoint). Nothing
+        to do on PostgreSQL.
+
+        Run on a thread of its own, it takes the checkpoints that would otherwise fall to
+        whichever request's commit fills the WAL (`WAL_AUTOCHECKPOINT`).
+        """
+        if self.is_sqlite:
+            self._held_connection().driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _held_connection(self) -> _Held:
         held: _Held | None = self._local.__dict__.get("held")
@@ -153,6 +167,8 @@ class _SqliteTransaction:
         try:
             if exc_type is None:
                 driver.commit()  # WAL + synchronous=FULL: on disk when this returns
+                if self._begin == "BEGIN IMMEDIATE":
+                    self._store.writes += 1
         finally:
             if driver.in_transaction:  # the block failed, or its commit did
                 driver.rollback()
@@ -195,10 +211,11 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     # FULL: a commit is on disk before we answer; "stored" must survive a power cut.
     cur.execute("PRAGMA synchronous=FULL")
-    # A checkpoint runs inside the commit that fills the WAL. Every 4,000 pages rather than
-    # SQLite's 1,000: an API request writes about 19 pages, many of them the same hot index
-    # pages, so a longer interval copies each of those once for more commits (about 45 ->
-    # 27 µs of checkpoint per commit; docs/benchmarks.md). The WAL file stays near 16 MiB.
+    # A checkpoint runs inside the commit that fills the WAL, unless the cloud's checkpoint
+    # thread (`Store.checkpoint`) took it first. Every 4,000 pages rather than SQLite's
+    # 1,000: an API request writes about 19 pages, many of them the same hot index pages,
+    # so a longer interval copies each of those once for more commits (about 45 -> 27 µs of
+    # checkpoint per commit; docs/benchmarks.md). The WAL file stays near 16 MiB.
     cur.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA foreign_keys=ON")
