@@ -611,9 +611,24 @@ class Tx:
         )
 
     def idempotency_prune(self, older_than: int) -> int:
-        result = self.conn.execute(
-            t.idempotency_keys.delete().where(t.idempotency_keys.c.created < older_than)
-        )
+        """Forget idempotency keys created before `older_than`; how many went."""
+        c = t.idempotency_keys.c
+        expired = c.created < older_than
+        if self._sqlite is not None:
+            # No age index on SQLite (migration 8): keys are stored in the order they were
+            # made, so the expired ones are the rows before the first one that is not. The
+            # walk reads only those; a key stored out of order (the clock set back) waits
+            # for a later round, which only keeps it longer than its time to live.
+            first_kept = self.conn.execute(
+                sa.select(sa.literal_column("rowid"))
+                .select_from(t.idempotency_keys)
+                .where(sa.not_(expired))
+                .order_by(sa.literal_column("rowid"))
+                .limit(1)
+            ).scalar()
+            if first_kept is not None:
+                expired = expired & (sa.literal_column("rowid") < first_kept)
+        result = self.conn.execute(t.idempotency_keys.delete().where(expired))
         return int(result.rowcount)
 
     # -- webhook outbox ---------------------------------------------------------------------
