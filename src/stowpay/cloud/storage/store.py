@@ -108,9 +108,22 @@ class Store:
 
         Run on a thread of its own, it takes the checkpoints that would otherwise fall to
         whichever request's commit fills the WAL (`WAL_AUTOCHECKPOINT`).
+
+        A checkpoint copies the pages committed before it began; requests commit more while
+        it copies. Another round copies those, a few rounds at most, until one finds nothing
+        new. A write that begins after that starts the WAL again from its beginning (SQLite
+        does so only when every page in it has been copied), which the first round alone
+        seldom allowed under steady requests.
         """
-        if self.is_sqlite:
-            self._held_connection().driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        if not self.is_sqlite:
+            return
+        driver = self._held_connection().driver
+        before = -1
+        for _ in range(CHECKPOINT_ROUNDS):
+            busy, pages, copied = driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if busy or copied < pages or pages == before:
+                return  # a reader holds pages back, or all is copied
+            before = pages
 
     def _held_connection(self) -> _Held:
         held: _Held | None = self._local.__dict__.get("held")
@@ -202,6 +215,8 @@ class _Held:
 
 #: Pages in the WAL before a commit checkpoints them into the database file.
 WAL_AUTOCHECKPOINT = 4000
+#: At most this many checkpoints, one after another, in one `Store.checkpoint`.
+CHECKPOINT_ROUNDS = 4
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
