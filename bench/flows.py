@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,8 +200,9 @@ class Run:
         return sum(1 for x in self.done_at if x >= self.seconds - width) / width
 
 
-def drive(server: Server, seconds: float, result: Run, max_flows: int | None = None) -> None:
-    """One client thread: create -> confirm -> capture, for `seconds` (or `max_flows`)."""
+def make_flow(server: Server) -> Callable[[], None]:
+    """One flow on `server` with the official client: create -> confirm -> capture, each
+    answer's status checked."""
     client = stripe.StripeClient(
         server.key, base_addresses={"api": server.url}, max_network_retries=0
     )
@@ -221,6 +223,12 @@ def drive(server: Server, seconds: float, result: Run, max_flows: int | None = N
         if pi.status != "succeeded":
             raise AssertionError(f"after capture: {pi.status}")
 
+    return flow
+
+
+def drive(server: Server, seconds: float, result: Run, max_flows: int | None = None) -> None:
+    """One client thread: create -> confirm -> capture, for `seconds` (or `max_flows`)."""
+    flow = make_flow(server)
     for _ in range(WARMUP_FLOWS):
         flow()
     cpu0, srv0 = time.process_time(), cpu_seconds(server.proc.pid)

@@ -22,10 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-
-import stripe
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -42,26 +39,6 @@ def base_source(ref: str, into: Path) -> Path:
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into / "src"
-
-
-def one_flow(server: flows.Server) -> Callable[[], None]:
-    client = stripe.StripeClient(
-        server.key, base_addresses={"api": server.url}, max_network_retries=0
-    )
-    intents = client.v1.payment_intents
-    create = {"amount": 1000, "currency": "usd", "capture_method": "manual"}
-    create["payment_method"] = "pm_card_visa"
-
-    def flow() -> None:
-        pi = intents.create(params=create)  # type: ignore[arg-type]
-        pi = intents.confirm(pi.id)
-        if pi.status != "requires_capture":
-            raise AssertionError(f"after confirm: {pi.status}")
-        pi = intents.capture(pi.id)
-        if pi.status != "succeeded":
-            raise AssertionError(f"after capture: {pi.status}")
-
-    return flow
 
 
 def main() -> None:
@@ -85,7 +62,7 @@ def main() -> None:
         os.environ.update(here)
         servers.append(flows.start_target("stowpay", work, 1, None))
         servers.append(flows.start_target("canned", work, 2, None))
-        runs = [one_flow(s) for s in servers]
+        runs = [flows.make_flow(s) for s in servers]
         for run in runs:
             for _ in range(WARMUP_FLOWS):
                 run()
