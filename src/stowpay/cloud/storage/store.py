@@ -634,15 +634,16 @@ class Tx:
             # made, so the expired ones are the rows before the first one that is not. The
             # walk reads only those; a key stored out of order (the clock set back) waits
             # for a later round, which only keeps it longer than its time to live.
+            rowid: sa.ColumnClause[Any] = sa.literal_column("rowid")
             first_kept = self.conn.execute(
-                sa.select(sa.literal_column("rowid"))
+                sa.select(rowid)
                 .select_from(t.idempotency_keys)
                 .where(sa.not_(expired))
-                .order_by(sa.literal_column("rowid"))
+                .order_by(rowid)
                 .limit(1)
             ).scalar()
             if first_kept is not None:
-                expired = expired & (sa.literal_column("rowid") < first_kept)
+                expired = expired & (rowid < first_kept)
         result = self.conn.execute(t.idempotency_keys.delete().where(expired))
         return int(result.rowcount)
 
