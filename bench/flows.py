@@ -1,12 +1,17 @@
 """Benchmark: create + confirm + capture PaymentIntents with the official stripe client.
 
-    python bench/flows.py [--seconds 20] [--runs 3] [--prefill 100000] [--targets ...]
+    python bench/flows.py [--seconds 20] [--runs 3] [--block 4] [--prefill 100000] [--targets ...]
 
 Each target is its own server process on 127.0.0.1, started fresh (new store) for every run;
-one client thread in this process drives it for a fixed time with
+one client thread in this process drives it with
 `stripe.StripeClient(key, base_addresses={"api": url}, max_network_retries=0)`:
 create (capture_method=manual, payment_method given) -> confirm -> capture.
-The runs go round-robin over the targets, so a noisy minute hurts all of them alike.
+Within a run the targets take turns in blocks of `--block` seconds (each round starting one
+target further on) until each has been driven for `--seconds`: every target goes through the
+same minutes of a shared machine, so a busy minute of the host, or of its disk, falls on all
+of them alike instead of on whichever target's turn it was. A server's background work (a
+Stowpay server checkpoints its WAL every 0.25 s) may run on for a moment into the next
+target's block: at most one round of it per block.
 
 Targets:
   stowpay        `stowpay cloud serve` on a fresh SQLite file (WAL, synchronous=FULL)
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -226,17 +232,36 @@ def make_flow(server: Server) -> Callable[[], None]:
     return flow
 
 
-def drive(server: Server, seconds: float, result: Run, max_flows: int | None = None) -> None:
-    """One client thread: create -> confirm -> capture, for `seconds` (or `max_flows`)."""
+def warm_flow(server: Server) -> Callable[[], None]:
+    """`make_flow(server)`, after WARMUP_FLOWS flows that are not measured."""
     flow = make_flow(server)
     for _ in range(WARMUP_FLOWS):
         flow()
+    return flow
+
+
+def drive(
+    server: Server,
+    seconds: float,
+    result: Run,
+    max_flows: int | None = None,
+    flow: Callable[[], None] | None = None,
+) -> None:
+    """One client thread: create -> confirm -> capture, for `seconds` (or `max_flows`).
+
+    What it measures is added to `result`, which a target's blocks in one run share; without
+    `flow` it makes one and warms the server up first.
+    """
+    if flow is None:
+        flow = warm_flow(server)
     cpu0, srv0 = time.process_time(), cpu_seconds(server.proc.pid)
     load0 = os.getloadavg()[0]
+    offset = result.seconds  # this block's flows are timed from where the last one ended
     t0 = time.perf_counter()
     end = t0 + seconds
     now = t0
-    while now < end if max_flows is None else result.flows < max_flows:
+    done = 0
+    while now < end if max_flows is None else done < max_flows:
         try:
             flow()
         except Exception as exc:  # counted and shown; a flow that failed is not a flow
@@ -244,15 +269,33 @@ def drive(server: Server, seconds: float, result: Run, max_flows: int | None = N
             if len(result.errors) > 50:
                 break
         else:
-            result.flows += 1
+            done += 1
             t1 = time.perf_counter()
             result.latencies.append(t1 - now)
-            result.done_at.append(t1 - t0)
+            result.done_at.append(offset + t1 - t0)
         now = time.perf_counter()
-    result.seconds = now - t0
-    result.client_cpu = time.process_time() - cpu0
-    result.server_cpu = cpu_seconds(server.proc.pid) - srv0
-    result.load = (load0, os.getloadavg()[0])
+    result.flows += done
+    result.seconds += now - t0
+    result.client_cpu += time.process_time() - cpu0
+    result.server_cpu += cpu_seconds(server.proc.pid) - srv0
+    result.load = (load0 if offset == 0 else result.load[0], os.getloadavg()[0])
+
+
+def interleave(
+    servers: dict[str, Server],
+    flows: dict[str, Callable[[], None]],
+    results: dict[str, Run],
+    seconds: float,
+    block: float,
+) -> None:
+    """Drive every target for `seconds` in turns of `block` seconds; round k starts k targets
+    further on, so no target always follows the same one."""
+    names = list(servers)
+    for k in range(math.ceil(seconds / block)):
+        for name in names[k % len(names) :] + names[: k % len(names)]:
+            left = seconds - results[name].seconds
+            if left > 0.05 and len(results[name].errors) <= 50:
+                drive(servers[name], min(block, left), results[name], flow=flows[name])
 
 
 def stowpay_counts(db: Path) -> dict[str, Any]:
@@ -388,6 +431,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each run")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument(
+        "--block",
+        type=float,
+        default=4.0,
+        help="seconds a target is driven before the next one's turn (default 4)",
+    )
+    ap.add_argument(
         "--prefill",
         type=int,
         default=100_000,
@@ -411,6 +460,8 @@ def main() -> None:
     targets = [x for x in args.targets.split(",") if x]
     if args.prefill <= 0 and "stowpay-100k" in targets:
         targets.remove("stowpay-100k")
+    if args.seconds <= 0 or args.block <= 0:
+        ap.error("--seconds and --block must be above 0")
     unknown = set(targets) - set(TARGETS)
     if unknown:
         ap.error(f"unknown targets: {', '.join(sorted(unknown))}")
@@ -435,16 +486,27 @@ def main() -> None:
             )
         results: dict[str, list[Run]] = {name: [] for name in targets}
         for run in range(1, args.runs + 1):
-            for name in targets:
-                server = start_target(name, work, run, prefilled, args.budget_ms)
-                result = Run(name, run)
-                try:
-                    before = stowpay_counts(server.db) if server.db is not None else None
-                    drive(server, args.seconds, result)
-                    if server.db is not None and before is not None:
-                        result.checks = check_stowpay(before, stowpay_counts(server.db), result)
-                finally:
+            servers: dict[str, Server] = {}
+            this_run = {name: Run(name, run) for name in targets}
+            before: dict[str, dict[str, Any]] = {}
+            try:
+                for name in targets:
+                    servers[name] = start_target(name, work, run, prefilled, args.budget_ms)
+                flows = {}
+                for name, server in servers.items():
+                    if server.db is not None:
+                        before[name] = stowpay_counts(server.db)
+                    flows[name] = warm_flow(server)
+                interleave(servers, flows, this_run, args.seconds, args.block)
+                for name, server in servers.items():
+                    if server.db is not None:
+                        after = stowpay_counts(server.db)
+                        this_run[name].checks = check_stowpay(before[name], after, this_run[name])
+            finally:
+                for server in servers.values():
                     server.stop()
+            for name in targets:
+                result = this_run[name]
                 results[name].append(result)
                 extra = ""
                 if result.checks:
@@ -482,8 +544,8 @@ def report(
 ) -> None:
     print()
     print(
-        f"create+confirm+capture, 1 client thread, {args.seconds:g} s per run, "
-        f"median of {args.runs} runs [range]"
+        f"create+confirm+capture, 1 client thread, {args.seconds:g} s per target and run "
+        f"(in turns of {args.block:g} s), median of {args.runs} runs [range]"
     )
     head = (
         f"{'target':48s} {'flows/s':>22s} {'p50 ms':>7s} {'srv CPU ms/flow':>16s} "

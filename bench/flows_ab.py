@@ -6,11 +6,11 @@ Starts three servers on 127.0.0.1, each with a fresh store: Stowpay from the cod
 `--base-ref` (that commit's `src/`, taken with `git archive` and run through `PYTHONPATH`),
 Stowpay from the code installed here, and the canned server (`canned_server.py`, the client's
 limit). Then one client thread runs create + confirm + capture (as `flows.py` does) on each
-in turn, `--block` seconds at a time, for `--seconds`. Short blocks put every target through
-the same minutes of a shared, noisy machine, so a difference of a few percent shows where
-`flows.py`'s runs of 20 s, one target after another, spread by 5-10 %; blocks of whole
-seconds keep a server's background work (its checkpoints) inside its own block, mostly. It
-measures a change; `flows.py` measures the targets.
+in turn, `--block` seconds at a time, for `--seconds`, as `flows.py` takes its targets in
+turns: every target goes through the same minutes of a shared, noisy machine. Its minutes go
+to two versions of Stowpay and the client's limit only, so a difference of a few percent
+shows; blocks of whole seconds keep a server's background work (its checkpoints) inside its
+own block, mostly. It measures a change; `flows.py` measures the targets.
 """
 
 from __future__ import annotations
