@@ -6,8 +6,8 @@ Each target is its own server process on 127.0.0.1, started fresh (new store) fo
 one client thread in this process drives it with
 `stripe.StripeClient(key, base_addresses={"api": url}, max_network_retries=0)`:
 create (capture_method=manual, payment_method given) -> confirm -> capture.
-Within a run the targets take turns in blocks of `--block` seconds (each round starting one
-target further on) until each has been driven for `--seconds`: every target goes through the
+Within a run the targets take turns in blocks of `--block` seconds (each round in another
+order) until each has been driven for `--seconds`: every target goes through the
 same minutes of a shared machine, so a busy minute of the host, or of its disk, falls on all
 of them alike instead of on whichever target's turn it was. A server's background work (a
 Stowpay server checkpoints its WAL every 0.25 s) may run on for a moment into the next
@@ -37,6 +37,7 @@ import json
 import math
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -287,12 +288,16 @@ def interleave(
     results: dict[str, Run],
     seconds: float,
     block: float,
+    seed: int = 0,
 ) -> None:
-    """Drive every target for `seconds` in turns of `block` seconds; round k starts k targets
-    further on, so no target always follows the same one."""
-    names = list(servers)
-    for k in range(math.ceil(seconds / block)):
-        for name in names[k % len(names) :] + names[: k % len(names)]:
+    """Drive every target for `seconds` in turns of `block` seconds, each round in another
+    order (shuffled with `seed`): no target always follows the same one, whose leftovers
+    (a checkpoint, the disk writing back what it wrote) would then always fall on it."""
+    order = list(servers)
+    shuffle = random.Random(seed).shuffle
+    for _ in range(math.ceil(seconds / block)):
+        shuffle(order)
+        for name in order:
             left = seconds - results[name].seconds
             if left > 0.05 and len(results[name].errors) <= 50:
                 drive(servers[name], min(block, left), results[name], flow=flows[name])
@@ -497,7 +502,7 @@ def main() -> None:
                     if server.db is not None:
                         before[name] = stowpay_counts(server.db)
                     flows[name] = warm_flow(server)
-                interleave(servers, flows, this_run, args.seconds, args.block)
+                interleave(servers, flows, this_run, args.seconds, args.block, seed=run)
                 for name, server in servers.items():
                     if server.db is not None:
                         after = stowpay_counts(server.db)
