@@ -195,6 +195,8 @@ class Run:
     client_cpu: float = 0.0
     load: tuple[float, float] = (0.0, 0.0)
     checks: dict[str, Any] = field(default_factory=dict)
+    #: the rate of each turn (`drive` call), in order
+    blocks: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -277,6 +279,7 @@ def drive(
         now = time.perf_counter()
     result.flows += done
     result.seconds += now - t0
+    result.blocks.append(done / (now - t0) if now > t0 else 0.0)
     result.client_cpu += time.process_time() - cpu0
     result.server_cpu += cpu_seconds(server.proc.pid) - srv0
     result.load = (load0 if offset == 0 else result.load[0], os.getloadavg()[0])
@@ -433,7 +436,9 @@ def fmt(values: list[float], digits: int = 1) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=20.0, help="length of each run")
+    ap.add_argument(
+        "--seconds", type=float, default=20.0, help="seconds each target is driven in a run"
+    )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument(
         "--block",
@@ -497,7 +502,7 @@ def main() -> None:
             try:
                 for name in targets:
                     servers[name] = start_target(name, work, run, prefilled, args.budget_ms)
-                flows = {}
+                flows: dict[str, Callable[[], None]] = {}
                 for name, server in servers.items():
                     if server.db is not None:
                         before[name] = stowpay_counts(server.db)
