@@ -235,10 +235,10 @@ def make_flow(server: Server) -> Callable[[], None]:
     return flow
 
 
-def warm_flow(server: Server) -> Callable[[], None]:
-    """`make_flow(server)`, after WARMUP_FLOWS flows that are not measured."""
+def warm_flow(server: Server, warmup: int = WARMUP_FLOWS) -> Callable[[], None]:
+    """`make_flow(server)`, after `warmup` flows that are not measured."""
     flow = make_flow(server)
-    for _ in range(WARMUP_FLOWS):
+    for _ in range(warmup):
         flow()
     return flow
 

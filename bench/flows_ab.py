@@ -62,10 +62,7 @@ def main() -> None:
         os.environ.update(here)
         servers[names[1]] = flows.start_target("stowpay", work, 1, None)
         servers[names[2]] = flows.start_target("canned", work, 2, None)
-        runs = {name: flows.make_flow(s) for name, s in servers.items()}
-        for run in runs.values():
-            for _ in range(WARMUP_FLOWS):
-                run()
+        runs = {name: flows.warm_flow(s, WARMUP_FLOWS) for name, s in servers.items()}
         results = {name: flows.Run(name, 1) for name in names}
         print(f"{args.seconds:.0f} s in blocks of {args.block:.1f} s ...", flush=True)
         flows.interleave(servers, runs, results, args.seconds, args.block)
